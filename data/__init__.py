@@ -1,0 +1,1 @@
+"""Data files bundled with kspec_xr (telluric masks, ...); see README.md here."""

@@ -1,0 +1,1 @@
+"""Bundled telluric / bad-region masks."""
