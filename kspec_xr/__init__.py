@@ -41,6 +41,17 @@ _LAZY = {
     "synthetic_mags": "photometry",
     "read_catalog": "catalog",
     "teff_from_colours": "photometry",
+    "read_assign": "io",
+    "assign_fiber_types": "io",
+    "select_standards": "standards",
+    "associate_catalog": "standards",
+    "fit_standards": "fitting",
+    "scale_to_photometry": "calibration",
+    "star_calibrations": "calibration",
+    "combine_calibrations": "calibration",
+    "apply_calibration": "apply",
+    "flux_calibrate": "pipeline",
+    "apply_fluxcal": "pipeline",
 }
 
 __all__ = [

@@ -1,0 +1,306 @@
+"""From fitted standards to one calibration vector.
+
+Three pure stages, lazy on dask-backed exposures:
+
+- :func:`scale_to_photometry` — the absolute level of each star's model from
+  its catalogue photometry;
+- :func:`star_calibrations` — each star's calibration ``F_model / C_obs``
+  with its variance and validity;
+- :func:`combine_calibrations` — their robust inverse-variance mean,
+  interpolated across masked bands, optionally smoothed, with the RMS across
+  stars as QC.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import xarray as xr
+from scipy.signal import savgol_filter
+
+from .io import add_history
+from .maskbits import bit
+from .regions import in_regions
+from .standards import standard_index
+
+__all__ = [
+    "scale_to_photometry",
+    "star_calibrations",
+    "combine_calibrations",
+    "STELLAR_LINES",
+    "MAG_ERROR_FLOOR",
+]
+
+#: smallest photometric error used in the weights (mag): zero-point and
+#: bandpass uncertainties of the catalogue bands
+MAG_ERROR_FLOOR = 0.01
+
+#: strong stellar lines whose cores are masked in the per-star calibrations
+#: (vacuum Å, half-width Å): templates rarely match their cores to 1 %
+STELLAR_LINES = (
+    (3934.8, 12.0),  # Ca II K
+    (3969.6, 12.0),  # Ca II H / Hε
+    (4102.9, 14.0),  # Hδ
+    (4341.7, 14.0),  # Hγ
+    (4862.7, 16.0),  # Hβ
+    (5891.6, 6.0),  # Na D
+    (6564.6, 18.0),  # Hα
+    (8500.4, 8.0),  # Ca triplet
+    (8544.4, 8.0),
+    (8664.5, 8.0),
+)
+
+_LN10_04 = 0.4 * np.log(10.0)
+
+
+def scale_to_photometry(ds: xr.Dataset, /, *, error_floor: float = MAG_ERROR_FLOOR) -> xr.Dataset:
+    """Scale each star's model to its catalogue photometry.
+
+    Parameters
+    ----------
+    ds : xr.Dataset
+        Output of :func:`kspec_xr.fit_standards` (``model_mag``, ``std_mag``,
+        ``std_mag_err``).
+    error_floor : float
+        Added in quadrature to every catalogue error (mag).
+
+    Returns
+    -------
+    xr.Dataset
+        Adds ``scale`` and ``scale_err`` (standard), ``phot_residual``
+        (standard, band: m_obs − m_syn − Δ̄) and ``phot_nbands``.
+
+    Notes
+    -----
+    ``Δ̄ = Σ w_b (m_obs,b − m_syn,b) / Σ w_b`` with ``w_b = 1/σ_b²``;
+    ``scale = 10**(−0.4·Δ̄)``, ``σ_scale = scale · 0.4 ln10 · σ_Δ̄`` with
+    ``σ_Δ̄ = max(1/√Σw, rms of the residuals/√(n−1))`` so that photometry
+    that disagrees with the model beyond its errors widens the error.
+    """
+    delta = ds["std_mag"] - ds["model_mag"]
+    err2 = ds["std_mag_err"] ** 2 + error_floor**2
+    w = (1.0 / err2).where(np.isfinite(delta))
+    n = w.notnull().sum("band")
+    wsum = w.sum("band")
+    mean = (w * delta).sum("band") / wsum
+    resid = delta - mean
+    formal = 1.0 / np.sqrt(wsum)
+    scatter = np.sqrt((w * resid**2).sum("band") / wsum / np.maximum(n - 1, 1))
+    sigma = xr.where(n > 1, np.maximum(formal, scatter), formal)
+    scale = (10 ** (-0.4 * mean)).where(n > 0)
+    out = ds.assign(
+        scale=scale.assign_attrs(
+            units="1", long_name="model-to-photometry scale (dilution factor)"
+        ),
+        scale_err=(scale * _LN10_04 * sigma).assign_attrs(units="1"),
+        phot_residual=resid.assign_attrs(units="mag", long_name="m_obs - m_syn - mean offset"),
+        phot_nbands=n.astype("int16").assign_attrs(units="1"),
+    )
+    return add_history(out, "scale_to_photometry: weighted mean offset over the catalogue bands")
+
+
+def _line_mask(wavelength: np.ndarray, rv: np.ndarray) -> np.ndarray:
+    """(S, P) True inside the (RV-shifted) cores of the strong stellar lines."""
+    shift = 1.0 + np.asarray(rv, dtype=float)[:, None] / 299_792.458
+    out = np.zeros((shift.shape[0], wavelength.size), dtype=bool)
+    for centre, half in STELLAR_LINES:
+        out |= np.abs(wavelength[None, :] - centre * shift) <= half
+    return out
+
+
+def star_calibrations(
+    ds: xr.Dataset,
+    /,
+    *,
+    mask_regions="telluric_default",
+    mask_lines: bool = True,
+) -> xr.Dataset:
+    """Each standard's calibration: scaled model over observed counts.
+
+    Parameters
+    ----------
+    ds : xr.Dataset
+        Output of :func:`scale_to_photometry`.
+    mask_regions : str, path, pairs or None
+        Telluric / bad bands where the calibration is not measured.
+    mask_lines : bool
+        Mask the cores of strong stellar lines (Balmer, Ca II, Na D, Ca
+        triplet), where template mismatch is largest.
+
+    Returns
+    -------
+    xr.Dataset
+        Adds ``std_calibration``, ``std_calibration_variance`` and
+        ``std_calibration_mask`` on (``standard``, ``wavelength``).
+
+    Notes
+    -----
+    ``Cal = s·M / C``, ``Var(Cal) = Cal²·[Var(s·M)/(s·M)² + Var(C)/C²]`` with
+    ``Var(s·M) = (M·σ_s)²``.  Invalid (``CALIB_INVALID``) where not finite
+    or not positive, or where the star is not used; ``TELLURIC`` and
+    ``STELLAR_LINE`` bits mark the masked bands.
+    """
+    idx = xr.DataArray(standard_index(ds), dims="standard")
+    counts = ds["flux"].isel(fiber=idx)
+    var_counts = ds["variance"].isel(fiber=idx)
+    pixmask = ds["mask"].isel(fiber=idx)
+    model = ds["model_flux"] * ds["scale"]
+    cal = model / counts
+    var = cal**2 * ((ds["scale_err"] / ds["scale"]) ** 2 + var_counts / counts**2)
+
+    wave = np.asarray(ds["wavelength"].values, dtype=float)
+    telluric = xr.DataArray(in_regions(wave, mask_regions), dims="wavelength")
+    lines = (
+        xr.apply_ufunc(
+            _line_mask,
+            ds["wavelength"],
+            ds["fit_rv"],
+            input_core_dims=[["wavelength"], ["standard"]],
+            output_core_dims=[["standard", "wavelength"]],
+            dask="parallelized",
+            output_dtypes=[bool],
+        )
+        if mask_lines
+        else xr.zeros_like(cal, dtype=bool)
+    )
+    used = ds["standard_reason"] == ""
+    invalid = (
+        ~np.isfinite(cal) | (cal <= 0) | ~np.isfinite(var) | (var <= 0) | (pixmask != 0) | ~used
+    )
+    flags = (
+        invalid.astype("int32") * bit("CALIB_INVALID")
+        + telluric.astype("int32") * bit("TELLURIC")
+        + lines.astype("int32") * bit("STELLAR_LINE")
+    )
+    out = ds.assign(
+        std_calibration=cal.assign_attrs(units=_cal_units(ds), long_name="per-star calibration"),
+        std_calibration_variance=var.assign_attrs(units=f"({_cal_units(ds)})2"),
+        std_calibration_mask=flags.transpose("standard", "wavelength").assign_attrs(
+            units="1", long_name="per-star calibration bitmask (see mask)"
+        ),
+    )
+    return add_history(out, "star_calibrations: Cal = scale*model/counts")
+
+
+def _cal_units(ds: xr.Dataset) -> str:
+    counts = ds["flux"].attrs.get("units", "count")
+    return f"erg/cm2/s/A/{counts}"
+
+
+def _interp_gaps(values, variance, valid, wavelength):
+    """Fill invalid pixels by linear interpolation in λ (NumPy, last axis)."""
+    out_v, out_var = values.copy(), variance.copy()
+    ok = valid & np.isfinite(values)
+    if np.count_nonzero(ok) >= 2:
+        out_v[~ok] = np.interp(wavelength[~ok], wavelength[ok], values[ok])
+        out_var[~ok] = np.interp(wavelength[~ok], wavelength[ok], variance[ok])
+    return out_v, out_var
+
+
+def combine_calibrations(
+    ds: xr.Dataset,
+    /,
+    *,
+    sigma: float = 3.0,
+    iterations: int = 5,
+    smooth: bool = False,
+    smooth_window: float = 101.0,
+    smooth_order: int = 3,
+) -> xr.Dataset:
+    """Robust inverse-variance mean of the per-star calibrations.
+
+    Parameters
+    ----------
+    ds : xr.Dataset
+        Output of :func:`star_calibrations`.
+    sigma : float
+        Clip a star at a pixel when it is more than ``sigma`` standard
+        deviations from the weighted mean of the others' (iterated).
+    iterations : int
+        Clipping iterations (a fixed number, so the stage stays lazy).
+    smooth : bool
+        Apply a Savitzky–Golay filter to the combined curve.
+    smooth_window : float
+        Savitzky–Golay window in Å.
+    smooth_order : int
+        Savitzky–Golay polynomial order.
+
+    Returns
+    -------
+    xr.Dataset
+        Adds ``calibration``, ``calibration_variance``, ``calibration_rms``
+        (fractional RMS across stars), ``calibration_nstars`` and
+        ``calibration_mask`` on ``wavelength``, and ``std_clipped_fraction``.
+
+    Notes
+    -----
+    ``Cal = Σ w_s Cal_s / Σ w_s``, ``w_s = 1/Var(Cal_s)``, ``Var(Cal) = 1/Σ w_s``
+    over the stars valid and unclipped at each pixel.  Pixels where no star is
+    valid (telluric bands, line cores) are interpolated linearly in λ and
+    flagged ``CALIB_INTERP``.  A single star passes through unchanged.
+    """
+    cal = ds["std_calibration"]
+    var = ds["std_calibration_variance"]
+    flags = ds["std_calibration_mask"]
+    usable = flags == 0
+    keep = usable
+    for _ in range(iterations):
+        w = (1.0 / var).where(keep, 0.0)
+        wsum = w.sum("standard")
+        mean = (w * cal.where(keep, 0.0)).sum("standard") / wsum
+        pull = np.abs(cal - mean) / np.sqrt(var + 1.0 / wsum.where(wsum > 0))
+        # a star is only clipped when others remain to stand in for it
+        nkeep = keep.sum("standard")
+        keep = usable & ((pull <= sigma) | (nkeep <= 2))
+    w = (1.0 / var).where(keep, 0.0)
+    wsum = w.sum("standard")
+    combined = (w * cal.where(keep, 0.0)).sum("standard") / wsum.where(wsum > 0)
+    combined_var = 1.0 / wsum.where(wsum > 0)
+    nstars = keep.sum("standard")
+    rel = (cal / combined).where(keep)
+    rms = np.sqrt(((rel - 1.0) ** 2).sum("standard") / np.maximum(nstars - 1, 1)).where(nstars > 1)
+
+    gap = nstars == 0
+    filled, filled_var = xr.apply_ufunc(
+        _interp_gaps,
+        combined,
+        combined_var,
+        ~gap,
+        ds["wavelength"],
+        input_core_dims=[["wavelength"]] * 4,
+        output_core_dims=[["wavelength"], ["wavelength"]],
+        dask="parallelized",
+        output_dtypes=[float, float],
+    )
+    if smooth:
+        step = float(np.median(np.diff(ds["wavelength"].values)))
+        window = max(int(round(smooth_window / step)) | 1, smooth_order + 2 | 1)
+        filled = xr.apply_ufunc(
+            savgol_filter,
+            filled,
+            input_core_dims=[["wavelength"]],
+            output_core_dims=[["wavelength"]],
+            kwargs={"window_length": window, "polyorder": smooth_order, "mode": "interp"},
+            dask="parallelized",
+            output_dtypes=[float],
+        )
+    telluric = ((flags & bit("TELLURIC")) != 0).any("standard")
+    calmask = (
+        gap.astype("int32") * bit("CALIB_INTERP")
+        + (~np.isfinite(filled)).astype("int32") * bit("CALIB_INVALID")
+        + telluric.astype("int32") * bit("TELLURIC")
+    )
+    clipped = 1.0 - keep.sum("wavelength") / np.maximum(usable.sum("wavelength"), 1)
+    units = cal.attrs.get("units", "")
+    out = ds.assign(
+        calibration=filled.assign_attrs(units=units, long_name="flux calibration (flux per count)"),
+        calibration_variance=filled_var.assign_attrs(units=f"({units})2"),
+        calibration_rms=rms.assign_attrs(units="1", long_name="fractional RMS across standards"),
+        calibration_nstars=nstars.astype("int16").assign_attrs(units="1"),
+        calibration_mask=calmask.assign_attrs(
+            units="1", long_name="calibration bitmask (see mask)"
+        ),
+        std_clipped_fraction=clipped.assign_attrs(units="1"),
+    )
+    return add_history(
+        out, f"combine_calibrations: inverse-variance mean, {sigma} sigma clip, smooth={smooth}"
+    )

@@ -1,0 +1,94 @@
+"""The ``kspec-xr`` command line: ``fluxcal``, ``batch`` and ``demo``.
+
+Errors in the input (a ``KspecError``: bad file, missing catalogue, no
+standard, existing output, …) print one line and exit with status 2;
+``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .errors import KspecError
+
+__all__ = ["main"]
+
+
+def _add_calibration_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--catalog", required=True, help="standard-star catalogue (ATLAS-RefCat2 CSV)")
+    p.add_argument(
+        "--templates", help="BOSZ directory or packed cube (default: bundled stand-in grid)"
+    )
+    p.add_argument(
+        "--fwhm", type=float, help="instrument FWHM in Å (default: SPECFWHM header card)"
+    )
+    p.add_argument("--metric", choices=("chi2", "huber"), default="chi2", help="template score")
+    p.add_argument("--smooth", action="store_true", help="Savitzky-Golay smooth the calibration")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kspec-xr", description="Flux calibration of K-SPEC RED files with standard stars."
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("fluxcal", help="flux-calibrate one RED file")
+    p.add_argument("input", help="RED file (2dfdr layout)")
+    p.add_argument("-o", "--output", required=True, help="calibrated RED file to write")
+    p.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
+    _add_calibration_options(p)
+
+    p = sub.add_parser("demo", help="simulate an exposure, calibrate it and report the accuracy")
+    p.add_argument("--dir", default="kspec_xr_demo", help="folder for the demo files")
+    p.add_argument("--seed", type=int, default=1)
+    return parser
+
+
+def _fluxcal(args) -> int:
+    from .io import open_red, write_red
+    from .pipeline import flux_calibrate
+
+    output = Path(args.output)
+    if output.exists() and not args.overwrite:
+        raise KspecError(f"{output} exists; pass --overwrite to replace it")
+    if not output.parent.is_dir():
+        raise KspecError(f"the output folder {output.parent} does not exist; create it first")
+    ds = open_red(args.input)
+    out = flux_calibrate(
+        ds,
+        catalog=args.catalog,
+        templates=args.templates,
+        fwhm=args.fwhm,
+        metric=args.metric,
+        smooth=args.smooth,
+    ).compute()
+    write_red(out, output, overwrite=args.overwrite)
+    n_used = int((out["standard_reason"] == "").sum())
+    print(f"{args.input} -> {output}: {n_used}/{out.sizes['standard']} standards used")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``kspec-xr`` console script."""
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "fluxcal":
+            return _fluxcal(args)
+        if args.command == "demo":
+            from .demo import run_demo
+
+            run_demo(args.dir, seed=args.seed)
+            return 0
+    except (KspecError, FileNotFoundError) as err:
+        if args.debug:
+            raise
+        print(f"kspec-xr {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

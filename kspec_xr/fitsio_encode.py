@@ -1,0 +1,479 @@
+"""Low-level FITS encoding used by :mod:`kspec_xr.io` (no xarray here).
+
+The RED writer must reproduce an input file card for card.  Astropy builds
+the *data* part of an HDU well, but when it is handed a header it reorders or
+strips cards.  So the writer lets astropy encode each HDU on its own, takes
+the data bytes and the structural cards it generated (``BITPIX``, ``NAXISn``,
+``TFORMn`` …), merges those values into the header that was read from the
+file (keeping its card order, comments and every other card verbatim) and
+writes header and data blocks itself.  This module holds those pieces:
+
+- :func:`encode_image` / :func:`encode_table`: astropy-made header + data bytes;
+- :func:`merge_header`: stored card order, generated structural values;
+- :func:`update_checksums`: recompute ``CHECKSUM``/``DATASUM`` when present;
+- :func:`encode_attrs` / :func:`decode_attrs`: attrs <-> JSON for header cards;
+- :func:`column_format`: a ``TFORM`` for a NumPy array.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from dataclasses import dataclass
+
+import numpy as np
+from astropy.io import fits
+
+__all__ = [
+    "BLOCK",
+    "EncodedHDU",
+    "column_format",
+    "decode_attrs",
+    "encode_attrs",
+    "encode_image",
+    "encode_table",
+    "header_from_string",
+    "header_to_string",
+    "merge_header",
+    "update_checksums",
+]
+
+BLOCK = 2880
+
+#: keywords whose value follows from the data (taken from astropy's header)
+_STRUCTURAL = {"SIMPLE", "XTENSION", "BITPIX", "NAXIS", "EXTEND", "PCOUNT", "GCOUNT"}
+_STRUCTURAL |= {"TFIELDS", "THEAP", "BSCALE", "BZERO"}
+#: indexed column keywords; the first group follows from the column definitions
+_COLUMN_STRUCTURAL = ("TTYPE", "TFORM", "TUNIT", "TNULL", "TSCAL", "TZERO", "TDISP", "TDIM")
+_COLUMN_OTHER = ("TBCOL", "TLMIN", "TLMAX", "TDMIN", "TDMAX", "TCTYP", "TCUNI", "TCRPX")
+_COLUMN_OTHER += ("TCRVL", "TCDLT", "TCROT", "TRPOS")
+_COLUMN_KEY = re.compile(rf"^({'|'.join(_COLUMN_STRUCTURAL + _COLUMN_OTHER)})(\d+)$")
+_NAXIS_KEY = re.compile(r"^NAXIS\d+$")
+#: cards astropy adds with their default value; absent in a stored header means the same
+_DEFAULT_VALUES = {"BSCALE": 1, "BZERO": 0, "TSCAL": 1, "TZERO": 0}
+
+
+def header_to_string(header: fits.Header) -> str:
+    """Serialise a header as newline-separated 80-character cards (no END card).
+
+    This is the form kept in ``fits_header`` attributes: a plain ``str`` that
+    netCDF stores as is and :func:`header_from_string` parses back exactly.
+    """
+    return header.tostring(sep="\n", endcard=False, padding=False)
+
+
+def header_from_string(text: str) -> fits.Header:
+    """Inverse of :func:`header_to_string`."""
+    if not text:
+        return fits.Header()
+    return fits.Header.fromstring(text, sep="\n")
+
+
+def _split_column_key(keyword: str) -> tuple[str, int] | None:
+    match = _COLUMN_KEY.match(keyword)
+    return (match.group(1), int(match.group(2))) if match else None
+
+
+def _is_structural(keyword: str) -> bool:
+    if keyword in _STRUCTURAL or _NAXIS_KEY.match(keyword):
+        return True
+    split = _split_column_key(keyword)
+    return split is not None and split[0] in _COLUMN_STRUCTURAL
+
+
+def _same_value(a, b) -> bool:
+    if isinstance(a, str) and isinstance(b, str):
+        return a.rstrip() == b.rstrip()
+    if isinstance(a, bool) or isinstance(b, bool):
+        return a is b
+    try:
+        return bool(a == b)
+    except (TypeError, ValueError):  # pragma: no cover - exotic card values
+        return False
+
+
+def _default_for(keyword: str):
+    split = _split_column_key(keyword)
+    return _DEFAULT_VALUES.get(split[0] if split else keyword)
+
+
+def merge_header(
+    stored: fits.Header, generated: fits.Header, renumber: dict[int, int] | None = None
+) -> fits.Header:
+    """Stored card order and comments, with the structural values astropy generated.
+
+    Parameters
+    ----------
+    stored : astropy.io.fits.Header
+        The header kept from the file (or extra cards for a new HDU).
+    generated : astropy.io.fits.Header
+        The header astropy wrote for the re-encoded data.
+    renumber : dict, optional
+        Old column number -> new column number, when table columns were
+        dropped; columns missing from the mapping lose their keywords.
+
+    Returns
+    -------
+    astropy.io.fits.Header
+        Every non-structural card of ``stored`` verbatim and in place; each
+        structural card with ``generated``'s value (verbatim when unchanged);
+        structural cards only ``generated`` has, inserted after their
+        predecessor in ``generated``.
+    """
+    wanted = {card.keyword: card for card in generated.cards}
+    out: list[fits.Card] = []
+    for card in stored.cards:
+        keyword = card.keyword
+        split = _split_column_key(keyword)
+        if split is not None and renumber is not None:
+            new_index = renumber.get(split[1])
+            if new_index is None:
+                continue
+            keyword = f"{split[0]}{new_index}"
+        if not _is_structural(keyword):
+            out.append(
+                card if keyword == card.keyword else fits.Card(keyword, card.value, card.comment)
+            )
+            continue
+        new = wanted.get(keyword)
+        if new is None:
+            continue  # no longer true of the data (e.g. NAXIS3 of a squeezed image)
+        if keyword == card.keyword and _same_value(card.value, new.value):
+            out.append(card)
+        else:
+            out.append(fits.Card(keyword, new.value, card.comment or new.comment))
+    present = {card.keyword: i for i, card in enumerate(out)}
+    anchor = -1
+    for card in generated.cards:
+        if card.keyword in present:
+            anchor = present[card.keyword]
+            continue
+        if _same_value(card.value, _default_for(card.keyword)):
+            continue
+        anchor += 1
+        out.insert(anchor, card)
+        present = {c.keyword: i for i, c in enumerate(out)}
+    return fits.Header(out)
+
+
+@dataclass
+class EncodedHDU:
+    """One HDU ready to write: its final header and its padded data bytes."""
+
+    header: fits.Header
+    data: bytes
+
+    def tobytes(self) -> bytes:
+        """Header blocks followed by data blocks."""
+        return self.header.tostring(endcard=True, padding=True).encode("ascii") + self.data
+
+
+def _astropy_encoded(hdu, primary: bool) -> tuple[fits.Header, bytes]:
+    """Let astropy write ``hdu`` to memory; return its header and data bytes."""
+    hdus = [hdu] if primary else [fits.PrimaryHDU(), hdu]
+    buffer = io.BytesIO()
+    fits.HDUList(hdus).writeto(buffer)
+    raw = buffer.getvalue()
+    index = 0 if primary else 1
+    with fits.open(io.BytesIO(raw), lazy_load_hdus=False) as hdul:
+        info = hdul.fileinfo(index)
+        header = hdul[index].header.copy()
+    start = info["datLoc"]
+    return header, raw[start : start + info["datSpan"]]
+
+
+_INT_FOR_BITPIX = {8: np.uint8, 16: np.int16, 32: np.int32, 64: np.int64}
+
+
+def _raw_integers(values: np.ndarray, dtype, scale: float, zero: float, blank=None):
+    """Physical values -> stored integers for a scaled image or column."""
+    values = np.asarray(values, dtype=np.float64)
+    raw = np.rint((values - zero) / scale)
+    bad = ~np.isfinite(raw)
+    if bad.any():
+        raw[bad] = 0 if blank is None else blank
+    return raw.astype(dtype)
+
+
+def encode_image(
+    data: np.ndarray, *, stored: fits.Header | None = None, primary: bool = False
+) -> tuple[fits.Header, bytes]:
+    """Encode an image HDU's data with astropy.
+
+    Parameters
+    ----------
+    data : numpy.ndarray
+        Physical values, in on-disk axis order (NumPy order: last axis is NAXIS1).
+    stored : astropy.io.fits.Header, optional
+        The header read from the file; a ``BITPIX``/``BSCALE``/``BZERO``
+        scaling in it is applied again so that scaled integers come back.
+    primary : bool
+        Encode as a primary HDU.
+
+    Returns
+    -------
+    header, data_bytes
+        The structural header astropy generated and the padded data bytes.
+    """
+    data = np.asarray(data)
+    bitpix = stored.get("BITPIX") if stored is not None else None
+    scale = stored.get("BSCALE", 1) if stored is not None else 1
+    zero = stored.get("BZERO", 0) if stored is not None else 0
+    if data.size == 0 and stored is not None and stored.get("NAXIS") == 0:
+        header, payload = _astropy_encoded(
+            fits.PrimaryHDU() if primary else fits.ImageHDU(), primary
+        )
+        header["BITPIX"] = stored["BITPIX"]  # no data: keep the declared type
+        return header, payload
+    # astropy decodes scaled integers to floats (unsigned ones to uint): scale back
+    if bitpix in _INT_FOR_BITPIX and (scale, zero) != (1, 0) and data.dtype.kind == "f":
+        raw = _raw_integers(data, _INT_FOR_BITPIX[bitpix], scale, zero, stored.get("BLANK"))
+        hdu = fits.PrimaryHDU(raw) if primary else fits.ImageHDU(raw)
+        header, payload = _astropy_encoded(hdu, primary)
+        header["BSCALE"] = scale
+        header["BZERO"] = zero
+        return header, payload
+    hdu = fits.PrimaryHDU(data) if primary else fits.ImageHDU(data)
+    return _astropy_encoded(hdu, primary)
+
+
+# --- table columns ----------------------------------------------------------------
+
+_FORMAT_FOR_KIND = {
+    ("b", 1): ("L", None),
+    ("u", 1): ("B", None),
+    ("i", 2): ("I", None),
+    ("i", 4): ("J", None),
+    ("i", 8): ("K", None),
+    ("u", 2): ("I", 2**15),
+    ("u", 4): ("J", 2**31),
+    ("u", 8): ("K", 2**63),
+    ("f", 4): ("E", None),
+    ("f", 8): ("D", None),
+    ("c", 8): ("C", None),
+    ("c", 16): ("M", None),
+}
+_BITS_FOR_CODE = {"B": 8, "I": 16, "J": 32, "K": 64}
+
+
+def _strip_repeat(tform: str) -> tuple[int, str]:
+    match = re.match(r"^\s*(\d*)([A-Za-z])", tform)
+    if match is None:
+        raise ValueError(f"unreadable TFORM {tform!r}")
+    return (int(match.group(1)) if match.group(1) else 1), match.group(2).upper()
+
+
+def column_format(values: np.ndarray) -> tuple[str, int | None, str | None]:
+    """A binary-table ``TFORM`` for an array whose first axis is the row.
+
+    Returns
+    -------
+    tform, tzero, tdim
+        ``tzero`` is the unsigned-integer offset (or None) and ``tdim`` the
+        ``TDIM`` string for cells of more than one axis (or None).
+
+    Raises
+    ------
+    TypeError
+        For dtypes FITS tables cannot hold (datetimes, objects that are not
+        strings, multi-dimensional strings).
+    """
+    values = np.asarray(values)
+    cell = values.shape[1:]
+    repeat = int(np.prod(cell)) if cell else 1
+    tdim = "(" + ",".join(str(n) for n in reversed(cell)) + ")" if len(cell) > 1 else None
+    kind = values.dtype.kind
+    if kind in "US":
+        if cell:
+            raise TypeError("multi-dimensional string columns cannot be written to FITS")
+        width = max(1, int(np.char.str_len(values).max())) if values.size else 1
+        return f"{width}A", None, None
+    if kind == "f" and values.dtype.itemsize == 2:
+        kind, size = "f", 4
+    else:
+        size = values.dtype.itemsize
+    try:
+        code, tzero = _FORMAT_FOR_KIND[(kind, size)]
+    except KeyError:
+        raise TypeError(f"a FITS table cannot hold values of dtype {values.dtype}") from None
+    prefix = "" if repeat == 1 and not cell else str(repeat)
+    return f"{prefix}{code}", tzero, tdim
+
+
+def _stored_column(stored: fits.Header, number: int) -> dict:
+    return {
+        key: stored[f"{key}{number}"]
+        for key in ("TFORM", "TUNIT", "TNULL", "TSCAL", "TZERO", "TDISP", "TDIM")
+        if f"{key}{number}" in stored
+    }
+
+
+def _column_for(name: str, values: np.ndarray, unit: str | None, stored: dict):
+    """A ``fits.Column`` (and an optional raw scaling) for one column."""
+    values = np.asarray(values)
+    tform, tzero, tdim = column_format(values)
+    scale, zero = stored.get("TSCAL", 1), stored.get("TZERO", 0)
+    if "TFORM" in stored:
+        repeat, code = _strip_repeat(stored["TFORM"])
+        new_repeat, new_code = _strip_repeat(tform)
+        if code in _BITS_FOR_CODE and (scale, zero) != (1, 0) and values.dtype.kind == "f":
+            # a scaled integer column read as floats: write raw integers, keep TSCAL/TZERO
+            raw = _raw_integers(values, _INT_FOR_BITPIX[_BITS_FOR_CODE[code]], scale, zero)
+            column = fits.Column(
+                name=name,
+                format=stored["TFORM"],
+                array=raw,
+                unit=unit,
+                null=stored.get("TNULL"),
+                disp=stored.get("TDISP"),
+                dim=stored.get("TDIM"),
+            )
+            return column, (scale, zero)
+        same_type = code == new_code and (code == "A" or repeat == new_repeat)
+        if same_type and (code != "A" or repeat >= new_repeat):
+            tform, tdim = stored["TFORM"], stored.get("TDIM", tdim)
+    column = fits.Column(
+        name=name,
+        format=tform,
+        array=values,
+        unit=unit,
+        bzero=tzero,
+        null=stored.get("TNULL"),
+        disp=stored.get("TDISP"),
+        dim=tdim,
+    )
+    return column, None
+
+
+def encode_table(
+    columns: list[tuple[str, np.ndarray, str | None, int | None]],
+    *,
+    stored: fits.Header | None = None,
+    nrows: int | None = None,
+) -> tuple[fits.Header, bytes]:
+    """Encode a binary table with astropy.
+
+    Parameters
+    ----------
+    columns : list of (name, values, unit, stored_number)
+        ``stored_number`` is the column's number in ``stored`` (its ``TFORMn``
+        etc. are reused when the values still fit) or None for a new column.
+    stored : astropy.io.fits.Header, optional
+        The header read from the file.
+    nrows : int, optional
+        Row count, needed only when there are no columns.
+
+    Returns
+    -------
+    header, data_bytes
+    """
+    stored = stored if stored is not None else fits.Header()
+    made = []
+    scalings = {}
+    for number, (name, values, unit, old) in enumerate(columns, start=1):
+        column, scaling = _column_for(
+            name, values, unit, _stored_column(stored, old) if old else {}
+        )
+        made.append(column)
+        if scaling is not None:
+            scalings[number] = scaling
+    hdu = fits.BinTableHDU.from_columns(made, nrows=nrows or 0) if made else None
+    if hdu is None:
+        hdu = fits.BinTableHDU.from_columns(fits.ColDefs([]), nrows=nrows or 0)
+    header, payload = _astropy_encoded(hdu, primary=False)
+    for number, (scale, zero) in scalings.items():
+        header.set(f"TSCAL{number}", scale, after=f"TFORM{number}")
+        header.set(f"TZERO{number}", zero, after=f"TSCAL{number}")
+    return header, payload
+
+
+# --- checksums --------------------------------------------------------------------
+
+
+def _ones_complement_sum(data: bytes, start: int = 0) -> int:
+    words = np.frombuffer(data, dtype=">u4").astype(np.uint64)
+    total = int(words.sum()) + start
+    while total >> 32:
+        total = (total & 0xFFFFFFFF) + (total >> 32)
+    return total
+
+
+_EXCLUDE = frozenset(b":;<=>?@[\\]^_`")
+
+
+def _encode_checksum(value: int) -> str:
+    """ASCII encoding of a 32-bit checksum (Seaman, Pence & Rots 2002)."""
+    asc = [0] * 16
+    for i in range(4):
+        byte = (value >> (24 - 8 * i)) & 0xFF
+        chars = [byte // 4 + 0x30] * 4
+        chars[0] += byte % 4
+        changed = True
+        while changed:
+            changed = False
+            for j in (0, 2):
+                if chars[j] in _EXCLUDE or chars[j + 1] in _EXCLUDE:
+                    chars[j] += 1
+                    chars[j + 1] -= 1
+                    changed = True
+        for j in range(4):
+            asc[4 * j + i] = chars[j]
+    return bytes(asc[-1:] + asc[:-1]).decode("ascii")
+
+
+def update_checksums(hdu: EncodedHDU) -> None:
+    """Recompute ``DATASUM``/``CHECKSUM`` in place if the header has them."""
+    header = hdu.header
+    if "CHECKSUM" not in header and "DATASUM" not in header:
+        return
+    datasum = _ones_complement_sum(hdu.data)
+    if "DATASUM" in header:
+        header["DATASUM"] = str(datasum)
+    if "CHECKSUM" in header:
+        header["CHECKSUM"] = "0" * 16
+        text = header.tostring(endcard=True, padding=True).encode("ascii")
+        total = _ones_complement_sum(text, datasum)
+        header["CHECKSUM"] = _encode_checksum(~total & 0xFFFFFFFF)
+
+
+# --- attributes <-> JSON -----------------------------------------------------------
+
+
+def _to_json(value, where: str):
+    if isinstance(value, (str, bool)) or value is None:
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, np.generic):
+        return value
+    if isinstance(value, (np.ndarray, np.generic)):
+        array = np.asarray(value)
+        if array.dtype.kind not in "biufUS":
+            raise TypeError(f"cannot write attribute {where} of dtype {array.dtype} to FITS")
+        return {"__ndarray__": array.tolist(), "dtype": array.dtype.str, "shape": list(array.shape)}
+    if isinstance(value, (list, tuple)):
+        return [_to_json(v, where) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _to_json(v, where) for k, v in value.items()}
+    raise TypeError(
+        f"cannot write attribute {where} of type {type(value).__name__} to FITS; "
+        "use a str, number, list or NumPy array"
+    )
+
+
+def _from_json(obj: dict):
+    if "__ndarray__" in obj:
+        array = np.array(obj["__ndarray__"], dtype=np.dtype(obj["dtype"]))
+        return array[()] if not obj["shape"] else array.reshape(obj["shape"])
+    return obj
+
+
+def encode_attrs(attrs: dict, where: str = "") -> str:
+    """JSON text for an attrs dict (NumPy scalars and arrays keep their dtype)."""
+    return json.dumps(
+        {k: _to_json(v, f"{where}.{k}") for k, v in attrs.items()}, separators=(",", ":")
+    )
+
+
+def decode_attrs(text: str) -> dict:
+    """Inverse of :func:`encode_attrs`."""
+    return json.loads(text, object_hook=_from_json)

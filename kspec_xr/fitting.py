@@ -1,0 +1,294 @@
+"""Fit a stellar template and a radial velocity to every standard star.
+
+The xarray stage around :mod:`kspec_xr.matching`: it resolves the template
+grid (prepared once per instrument setup and cached, see
+:func:`kspec_xr.prepare_templates`), sets each star's Teff search box from its
+colours, and runs the per-star kernel over the ``standard`` dimension with
+``xr.apply_ufunc`` — lazily when the exposure is dask-backed.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import xarray as xr
+
+from .errors import CalibrationError
+from .io import add_history, primary_header
+from .maskbits import bit
+from .matching import PreparedGrid, fit_star
+from .regions import in_regions
+from .standards import standard_index
+
+__all__ = ["fit_standards", "resolve_templates", "FIT_STATUS"]
+
+#: values of ``fit_status`` (CF flag_values / flag_meanings)
+FIT_STATUS = {
+    0: "ok",
+    1: "too_few_pixels",
+    2: "no_candidate_template",
+    3: "no_colours",
+    4: "no_photometry",
+}
+
+_REASON_CODE = {
+    "": 0,
+    "too few usable pixels": 1,
+    "no candidate template": 2,
+    "no colours: Teff from the spectrum alone": 3,
+}
+
+
+def header_fwhm(ds: xr.Dataset) -> float:
+    """The instrument FWHM (Å) from the ``SPECFWHM`` header card."""
+    value = primary_header(ds).get("SPECFWHM")
+    if value is None or not np.isfinite(float(value)) or float(value) <= 0:
+        raise CalibrationError(
+            "the primary header has no usable SPECFWHM (instrument FWHM in Å); pass fwhm=... "
+            "(CLI: --fwhm, pipeline: CALIBFLUX_FWHM)"
+        )
+    return float(value)
+
+
+def resolve_templates(templates, wavelength, fwhm, *, cache=True) -> xr.Dataset:
+    """A prepared grid (``prepare_templates`` output) from whatever the caller gave.
+
+    ``None`` → the bundled stand-in grid; a path → :func:`kspec_xr.open_bosz`;
+    a grid DataArray → prepared (and cached); a prepared Dataset → checked and
+    returned.
+    """
+    from .prepare import prepare_templates
+    from .templates import open_bosz
+
+    if isinstance(templates, xr.Dataset) and "loglam" in templates.dims:
+        lo, hi = templates.attrs.get("exposure_wave_min"), templates.attrs.get("exposure_wave_max")
+        wave = np.asarray(wavelength)
+        if lo is not None and (wave[0] < lo - 1e-6 or wave[-1] > hi + 1e-6):
+            raise CalibrationError(
+                f"the prepared templates cover {lo:.0f}-{hi:.0f} Å but the exposure spans "
+                f"{wave[0]:.0f}-{wave[-1]:.0f} Å; prepare them for this exposure's grid"
+            )
+        return templates
+    if templates is None or isinstance(templates, str | os.PathLike):
+        templates = open_bosz(templates)
+    if not isinstance(templates, xr.DataArray):
+        raise TypeError(
+            "templates must be None (bundled grid), a path to a BOSZ directory or packed cube, "
+            f"a grid from kx.open_bosz or a prepared grid; got {type(templates).__name__}"
+        )
+    return prepare_templates(templates, wavelength, fwhm, cache=cache)
+
+
+def _grid_arrays(prep: xr.Dataset, alpha: float) -> tuple[PreparedGrid, np.ndarray]:
+    alphas = (
+        np.asarray(prep["alpha"].values)
+        if "alpha" in prep.coords
+        else np.zeros(prep.sizes["template"])
+    )
+    chosen = alphas[np.argmin(np.abs(alphas - alpha))]
+    keep = np.flatnonzero(alphas == chosen)
+    sub = prep.isel(template=keep)
+    grid = PreparedGrid(
+        loglam=np.asarray(sub["loglam"].values, dtype=float),
+        flux=np.asarray(sub["flux"].values, dtype=float),
+        continuum=np.asarray(sub["continuum"].values, dtype=float),
+        params=np.stack([sub[p].values for p in ("teff", "logg", "mh")], axis=1).astype(float),
+        mags=np.asarray(sub["mags"].values, dtype=float),
+    )
+    return grid, keep
+
+
+def _fit_block(flux, variance, good, mags, errs, teff_lo, teff_hi, *, wave, grid, metric, vmax):
+    """Kernel over a block of stars: arrays (S, P), (S, B), (S,) → stacked results."""
+    n_star, n_pix = flux.shape
+    n_band = grid.mags.shape[1]
+    scalars = np.full((n_star, 9), np.nan)
+    status = np.zeros(n_star, dtype="int16")
+    model = np.full((n_star, n_pix), np.nan)
+    model_mags = np.full((n_star, n_band), np.nan)
+    for s in range(n_star):
+        if not np.any(np.isfinite(mags[s])):
+            status[s] = 4
+            continue
+        teff = grid.params[:, 0]
+        candidates = np.flatnonzero((teff >= teff_lo[s]) & (teff <= teff_hi[s]))
+        fit = fit_star(
+            wave,
+            flux[s],
+            variance[s],
+            good[s],
+            mags[s],
+            errs[s],
+            grid,
+            candidates,
+            metric=metric,
+            vmax=vmax,
+        )
+        scalars[s] = (
+            fit.teff,
+            fit.logg,
+            fit.mh,
+            fit.rv,
+            fit.score,
+            fit.chi2_red,
+            fit.best,
+            fit.runner_up,
+            fit.runner_up_score,
+        )
+        status[s] = _REASON_CODE.get(fit.reason, 0)
+        model[s] = fit.model
+        model_mags[s] = fit.model_mags
+    return scalars, status, model, model_mags
+
+
+def fit_standards(
+    ds: xr.Dataset,
+    /,
+    templates=None,
+    *,
+    fwhm=None,
+    metric: str = "chi2",
+    vmax: float = 500.0,
+    alpha: float = 0.0,
+    mask_regions="telluric_default",
+    cache=True,
+) -> xr.Dataset:
+    """Best template, refined parameters and radial velocity of every standard.
+
+    Parameters
+    ----------
+    ds : xr.Dataset
+        Output of :func:`kspec_xr.associate_catalog` (needs ``std_mag``).
+    templates : None, path, xr.DataArray or xr.Dataset
+        The template grid (``None``: the bundled stand-in grid), or a grid
+        already prepared for this setup.
+    fwhm : float, sequence or callable, optional
+        Instrument FWHM in Å; ``None`` reads ``SPECFWHM`` from the header.
+    metric : {"chi2", "huber"}
+        Score of a template against the continuum-normalised star.
+    vmax : float
+        Radial-velocity search range, ±km/s.
+    alpha : float
+        [α/M] of the templates to use (the grid's nearest value).
+    mask_regions : str, path, pairs or None
+        Bands left out of the fit (default: the telluric bands).
+    cache : bool or path
+        Cache of prepared grids (see :func:`kspec_xr.prepare_templates`).
+
+    Returns
+    -------
+    xr.Dataset
+        ``ds`` plus, on ``standard``: ``fit_teff``, ``fit_logg``, ``fit_mh``,
+        ``fit_alpha``, ``fit_rv`` (km/s), ``fit_score``, ``fit_chi2_red``,
+        ``fit_template`` / ``fit_runner_up`` (node indices into the prepared
+        grid) with ``fit_runner_up_score``, ``fit_status`` (CF flags),
+        ``teff_colour``, ``teff_lo``, ``teff_hi``; ``model_flux`` on
+        (``standard``, ``wavelength``) — the refined model's surface flux at
+        the instrument resolution on the exposure's pixels — and
+        ``model_mag`` on (``standard``, ``band``).
+
+    Notes
+    -----
+    See :mod:`kspec_xr.matching` for the algorithm.  The stage stays lazy on a
+    dask-backed exposure: the fit runs per block of standards when computed.
+    """
+    from .photometry import teff_from_colours
+
+    if metric not in ("chi2", "huber"):
+        raise ValueError(f"metric must be 'chi2' or 'huber', not {metric!r}")
+    if "std_mag" not in ds:
+        raise CalibrationError(
+            "no catalogue photometry on this Dataset; run ds.pipe(kx.associate_catalog, catalog) first"
+        )
+    if "wavelength" not in ds.dims:
+        raise CalibrationError(
+            "fit_standards needs a common wavelength axis; this exposure has one wavelength "
+            "per fiber (dim 'pixel') — resample it onto one grid first"
+        )
+    wave = np.asarray(ds["wavelength"].values, dtype=float)
+    if fwhm is None:
+        fwhm = header_fwhm(ds)
+    prep = resolve_templates(templates, wave, fwhm, cache=cache)
+    grid, keep = _grid_arrays(prep, alpha)
+    bands = [str(b) for b in prep["band"].values]
+
+    mags = ds["std_mag"].reindex(band=bands)
+    errs = ds["std_mag_err"].reindex(band=bands)
+    grid_mags = prep["mags"].isel(template=keep).assign_coords(teff=("template", grid.params[:, 0]))
+    box = teff_from_colours(mags.rename(standard="star"), errs.rename(standard="star"), grid_mags)
+    box = box.rename(star="standard")
+
+    idx = standard_index(ds)
+    fibers = xr.DataArray(idx, dims="standard")
+    flux = ds["flux"].isel(fiber=fibers)
+    variance = ds["variance"].isel(fiber=fibers)
+    bad_region = xr.DataArray(in_regions(wave, mask_regions), dims="wavelength")
+    good = (ds["mask"].isel(fiber=fibers) & ~bit("TELLURIC")) == 0
+    good = good & ~bad_region
+
+    scalars, status, model, model_mags = xr.apply_ufunc(
+        _fit_block,
+        flux,
+        variance,
+        good,
+        mags,
+        errs,
+        box["teff_lo"],
+        box["teff_hi"],
+        input_core_dims=[["wavelength"]] * 3 + [["band"]] * 2 + [[], []],
+        output_core_dims=[["fit_value"], [], ["wavelength"], ["band"]],
+        kwargs={"wave": wave, "grid": grid, "metric": metric, "vmax": float(vmax)},
+        dask="parallelized",
+        output_dtypes=[float, "int16", float, float],
+        dask_gufunc_kwargs={"output_sizes": {"fit_value": 9}, "allow_rechunk": True},
+        keep_attrs=False,
+    )
+    names = [
+        "fit_teff",
+        "fit_logg",
+        "fit_mh",
+        "fit_rv",
+        "fit_score",
+        "fit_chi2_red",
+        "fit_template",
+        "fit_runner_up",
+        "fit_runner_up_score",
+    ]
+    units = {"fit_teff": "K", "fit_logg": "dex", "fit_mh": "dex", "fit_rv": "km/s"}
+    new = {
+        n: scalars.isel(fit_value=i, drop=True).assign_attrs(units=units.get(n, "1"))
+        for i, n in enumerate(names)
+    }
+    new["fit_alpha"] = xr.full_like(new["fit_teff"], float(grid_alpha(prep, keep))).assign_attrs(
+        units="dex"
+    )
+    new["fit_status"] = status.assign_attrs(
+        flag_values=np.array(list(FIT_STATUS), dtype="int16"),
+        flag_meanings=" ".join(FIT_STATUS.values()),
+    )
+    new["model_flux"] = model.assign_attrs(
+        units=str(prep["flux"].attrs.get("units", "erg/s/cm2/A")),
+        long_name="best-fit model surface flux at the instrument resolution",
+    )
+    new["model_mag"] = model_mags.assign_attrs(
+        units="mag", system="AB", long_name="synthetic magnitude of the model surface flux"
+    )
+    new["teff_colour"] = box["teff_colour"].assign_attrs(units="K")
+    new["teff_lo"] = box["teff_lo"].assign_attrs(units="K")
+    new["teff_hi"] = box["teff_hi"].assign_attrs(units="K")
+    out = ds.assign(new)
+    out = out.assign_attrs(
+        fit_metric=metric,
+        fit_fwhm=str(fwhm),
+        template_grid=str(prep.attrs.get("grid_source", "")),
+        template_grid_id=str(prep.attrs.get("grid_id", "")),
+    )
+    return add_history(
+        out, f"fit_standards: metric={metric}, FWHM={fwhm} A, grid {prep.attrs.get('grid_id', '?')}"
+    )
+
+
+def grid_alpha(prep: xr.Dataset, keep: np.ndarray) -> float:
+    """[α/M] of the templates that were fitted."""
+    return float(prep["alpha"].values[keep[0]]) if "alpha" in prep.coords else 0.0

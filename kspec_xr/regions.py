@@ -1,0 +1,83 @@
+"""Wavelength regions to mask: telluric bands and user-given bad regions.
+
+A region file is ASCII, one band per line, ``lam_lo lam_hi`` in vacuum Å;
+anything after the two numbers and lines starting with ``#`` are comments.
+The default telluric bands ship as ``data/masks/telluric_default.txt``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+
+from ._paths import data_path
+
+__all__ = ["read_regions", "in_regions", "BUNDLED_REGIONS"]
+
+#: names accepted in place of a path
+BUNDLED_REGIONS = {"telluric_default": ("masks", "telluric_default.txt")}
+
+Regions = str | os.PathLike | Iterable[tuple[float, float]] | None
+
+
+def read_regions(regions: Regions) -> np.ndarray:
+    """Return the regions as an ``(n, 2)`` array of ``[lam_lo, lam_hi]`` (Å).
+
+    Parameters
+    ----------
+    regions : str, path, sequence of (lo, hi) pairs or None
+        A bundled name (``"telluric_default"``), a region file, explicit
+        pairs, or ``None`` for no regions.
+
+    Raises
+    ------
+    ValueError
+        The file is missing or a line is not two increasing numbers; the
+        message names the file and the line.
+    """
+    if regions is None:
+        return np.empty((0, 2))
+    if isinstance(regions, str) and regions in BUNDLED_REGIONS:
+        regions = data_path(*BUNDLED_REGIONS[regions])
+    if isinstance(regions, str | os.PathLike):
+        return _read_region_file(Path(regions))
+    pairs = np.asarray(list(regions), dtype=float).reshape(-1, 2)
+    if np.any(pairs[:, 1] <= pairs[:, 0]):
+        raise ValueError(f"every region needs lam_lo < lam_hi; got {pairs.tolist()}")
+    return pairs
+
+
+def _read_region_file(path: Path) -> np.ndarray:
+    if not path.is_file():
+        raise ValueError(
+            f"mask region file {path} does not exist; give a file of 'lam_lo lam_hi' lines "
+            f"or one of the bundled names: {', '.join(BUNDLED_REGIONS)}"
+        )
+    pairs = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        text = line.split("#", 1)[0].strip()
+        if not text:
+            continue
+        fields = text.split()
+        try:
+            lo, hi = float(fields[0]), float(fields[1])
+        except (IndexError, ValueError):
+            raise ValueError(
+                f"{path}, line {number}: expected 'lam_lo lam_hi' in Å, got {line!r}"
+            ) from None
+        if hi <= lo:
+            raise ValueError(f"{path}, line {number}: lam_hi must exceed lam_lo ({line!r})")
+        pairs.append((lo, hi))
+    return np.asarray(pairs, dtype=float).reshape(-1, 2)
+
+
+def in_regions(wavelength, regions: Regions) -> np.ndarray:
+    """Boolean array: True where ``wavelength`` lies inside any region."""
+    lam = np.asarray(wavelength, dtype=float)
+    inside = np.zeros(lam.shape, dtype=bool)
+    for lo, hi in read_regions(regions):
+        inside |= (lam >= lo) & (lam <= hi)
+    return inside

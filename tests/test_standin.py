@@ -1,0 +1,342 @@
+"""The stand-in BOSZ grid: physics of the spectra, the file writer and the cache."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from kspec_xr import standin
+from kspec_xr.standin import bosz_wavelength, standin_grid_path, surface_flux, write_standin_grid
+from kspec_xr.templates import bosz_folder, open_bosz, parse_bosz_name, wave_grid_name
+
+R = 10000
+_FULL = bosz_wavelength(R)
+WAVE = _FULL[(_FULL >= 3000) & (_FULL <= 11500)]
+H_ALPHA, H_BETA, H_DELTA, CA_K = 6564.61, 4862.68, 4102.89, 3934.78
+
+
+def equivalent_width(h, hc, lo, hi, wave=WAVE) -> float:
+    keep = (wave >= lo) & (wave <= hi)
+    return float(np.trapezoid(1.0 - h[keep] / hc[keep], wave[keep]))
+
+
+def ew_at(band, teff=6000.0, logg=4.5, mh=0.0, alpha=0.0, **kw) -> float:
+    return equivalent_width(*surface_flux(WAVE, teff, logg, mh, alpha, **kw), *band)
+
+
+def planck(wave, teff):
+    return 1.0 / wave**5 / np.expm1(1.438776877e8 / (wave * teff))
+
+
+BALMER_BANDS = {"H_alpha": (H_ALPHA - 40, H_ALPHA + 40), "H_beta": (H_BETA - 30, H_BETA + 30)}
+METAL_BANDS = {"CaII_K": (CA_K - 8, CA_K + 8), "Mg_b": (5160.0, 5195.0)}
+
+
+# ---------------------------------------------------------------------------
+# the wavelength grid
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("resolution", [500, 10000])
+def test_bosz_wavelength_is_the_archive_grid(resolution):
+    wave = bosz_wavelength(resolution)
+    assert wave.size == 15 * resolution
+    assert wave[0] == 500.0 and wave[-1] == pytest.approx(320000.0, rel=1e-12)
+    step = np.diff(np.log(wave))
+    np.testing.assert_allclose(step, np.log(640.0) / (15 * resolution - 1), rtol=1e-9)
+
+
+def test_default_range_has_about_31000_points():
+    assert 31000 < WAVE.size < 31500
+
+
+# ---------------------------------------------------------------------------
+# physics
+# ---------------------------------------------------------------------------
+
+
+def test_spectrum_is_fast():
+    surface_flux(WAVE, 6000, 4.5, 0.0)
+    t0 = time.perf_counter()
+    for teff in np.linspace(5000, 8000, 10):
+        surface_flux(WAVE, teff, 4.5, 0.0)
+    print(f"surface_flux, {WAVE.size} points: {(time.perf_counter() - t0) / 10 * 1e3:.1f} ms")
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        (5000, 4.5, 0.0, 0.0),
+        (8000, 3.5, -2.0, 0.4),
+        (3500, 1.0, 0.75, 0.0),
+        (12000, 5.0, 0.5, -0.2),
+    ],
+)
+def test_positive_and_below_the_continuum(params):
+    for scale in (1.0, 3.0):
+        h, hc = surface_flux(WAVE, *params, line_scale=scale)
+        assert np.all(np.isfinite(h)) and np.all(h > 0) and np.all(h <= hc)
+
+
+@pytest.mark.parametrize("band", list(BALMER_BANDS))
+def test_balmer_lines_strengthen_from_5000_to_8000_k(band):
+    ews = [ew_at(BALMER_BANDS[band], teff=t) for t in range(5000, 8001, 500)]
+    assert np.all(np.diff(ews) > 0), ews
+    assert ews[-1] > 1.5 * ews[0]
+
+
+@pytest.mark.parametrize("band", list(METAL_BANDS))
+def test_metal_lines_grow_with_metallicity_and_fall_with_teff(band):
+    by_mh = [ew_at(METAL_BANDS[band], mh=m) for m in (-2.0, -1.0, -0.5, 0.0, 0.5)]
+    by_teff = [ew_at(METAL_BANDS[band], teff=t) for t in range(5000, 8001, 500)]
+    assert np.all(np.diff(by_mh) > 0), by_mh
+    assert np.all(np.diff(by_teff) < 0), by_teff
+
+
+def test_alpha_enhancement_strengthens_alpha_lines_only():
+    mg, na = (5160.0, 5195.0), (5885.0, 5905.0)
+    assert ew_at(mg, alpha=0.4) > 1.2 * ew_at(mg, alpha=0.0)
+    assert ew_at(na, alpha=0.4) == pytest.approx(ew_at(na, alpha=0.0), rel=0.02)
+
+
+def test_g_band_in_cool_stars():
+    band, side = (4295.0, 4315.0), (4240.0, 4260.0)
+    cool, hot = (
+        ew_at(band, teff=5000) - ew_at(side, teff=5000),
+        ew_at(band, teff=7500) - ew_at(side, teff=7500),
+    )
+    assert cool > 1.0 and cool > 3 * hot
+
+
+def test_balmer_wings_widen_with_gravity():
+    offset = np.searchsorted(WAVE, H_DELTA + 12.0)  # in the wing, far from the core
+    depths = []
+    for logg in (3.5, 4.0, 4.5, 5.0):
+        h, hc = surface_flux(WAVE, 7000, logg, 0.0)
+        depths.append(1.0 - h[offset] / hc[offset])
+    assert np.all(np.diff(depths) > 0), depths
+
+
+def test_continuum_colour_follows_planck():
+    blue, red = np.searchsorted(WAVE, 4500.0), np.searchsorted(WAVE, 7000.0)
+    ratios = []
+    for teff in (5000, 6000, 7000, 8000):
+        _, hc = surface_flux(WAVE, teff, 4.5, 0.0)
+        ratios.append(hc[blue] / hc[red])
+        expected = planck(WAVE[blue], teff) / planck(WAVE[red], teff)
+        assert ratios[-1] == pytest.approx(expected, rel=1e-6)
+    assert np.all(np.diff(ratios) > 0)
+
+
+def test_balmer_jump_is_deeper_in_hotter_and_lower_gravity_stars():
+    below, above = np.searchsorted(WAVE, 3600.0), np.searchsorted(WAVE, 3700.0)
+
+    def jump(teff, logg):
+        _, hc = surface_flux(WAVE, teff, logg, 0.0)
+        return np.log10(hc[above] / hc[below]) - np.log10(
+            planck(WAVE[above], teff) / planck(WAVE[below], teff)
+        )
+
+    assert 0.03 < jump(5000, 4.5) < jump(6500, 4.5) < jump(8000, 4.5) < 0.6
+    assert jump(8000, 3.5) > jump(8000, 5.0)
+
+
+def test_absolute_level_is_that_of_a_star():
+    h, _ = surface_flux(np.array([5500.0]), 5772, 4.44, 0.0)
+    assert 5e6 < 4 * np.pi * h[0] < 1.2e7  # the Sun's surface flux near 5500 Å, erg/s/cm2/Å
+
+
+def test_continuous_between_nodes():
+    a, b = surface_flux(WAVE, 6000, 4.0, -0.5)[0], surface_flux(WAVE, 6250, 4.5, 0.0)[0]
+    mid = surface_flux(WAVE, 6125, 4.25, -0.25)[0]
+    lo, hi = np.minimum(a, b), np.maximum(a, b)
+    inside = (mid >= lo * (1 - 0.01)) & (mid <= hi * (1 + 0.01))
+    assert inside.mean() > 0.99
+    near = surface_flux(WAVE, 6000.5, 4.0005, -0.4995)[0]
+    assert np.max(np.abs(near / a - 1)) < 0.01
+
+
+def test_deterministic_and_shape_preserving():
+    one = surface_flux(WAVE, 5750, 4.5, -0.25)
+    two = surface_flux(WAVE, 5750, 4.5, -0.25)
+    np.testing.assert_array_equal(one[0], two[0])
+    shuffled = np.random.default_rng(3).permutation(WAVE.size)
+    h, hc = surface_flux(WAVE[shuffled].reshape(-1, 2)[: WAVE.size // 2], 5750, 4.5, -0.25)
+    assert h.shape == (WAVE.size // 2, 2)
+    np.testing.assert_allclose(h.ravel(), one[0][shuffled][: h.size], rtol=1e-12)
+
+
+def test_line_scale_and_continuum_tilt():
+    h, hc = surface_flux(WAVE, 6000, 4.5, 0.0)
+    h0, hc0 = surface_flux(WAVE, 6000, 4.5, 0.0, line_scale=0.0)
+    np.testing.assert_array_equal(h0, hc0)
+    np.testing.assert_array_equal(hc0, hc)
+    h2, _ = surface_flux(WAVE, 6000, 4.5, 0.0, line_scale=2.0)
+    assert np.all(h2 <= h) and equivalent_width(h2, hc, 3000, 11500) > 1.3 * equivalent_width(
+        h, hc, 3000, 11500
+    )
+    ht, hct = surface_flux(WAVE, 6000, 4.5, 0.0, continuum_tilt=-1.5)
+    np.testing.assert_allclose(hct / hc, (WAVE / 5500.0) ** -1.5, rtol=1e-12)
+    np.testing.assert_allclose(ht / h, (WAVE / 5500.0) ** -1.5, rtol=1e-12)
+
+
+def test_resolution_broadens_lines_and_keeps_weak_equivalent_widths():
+    """Broadening acts on each line's profile (τ), so it conserves the EW of optically thin lines."""
+    band = (5160.0, 5195.0)
+    for scale in (1.0, 0.02):
+        sharp = surface_flux(WAVE, 6000, 4.5, 0.0, resolution=np.inf, line_scale=scale)
+        blurred = surface_flux(WAVE, 6000, 4.5, 0.0, resolution=2000, line_scale=scale)
+        assert np.min(blurred[0] / blurred[1]) > np.min(sharp[0] / sharp[1])
+    assert equivalent_width(*blurred, *band) == pytest.approx(
+        equivalent_width(*sharp, *band), rel=0.03
+    )
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="wavelength"):
+        surface_flux([5000.0, -1.0], 6000, 4.5, 0.0)
+    with pytest.raises(ValueError, match="teff"):
+        surface_flux(WAVE, np.nan, 4.5, 0.0)
+
+
+# ---------------------------------------------------------------------------
+# the writer
+# ---------------------------------------------------------------------------
+
+TINY = {
+    "teff": (5000, 6000),
+    "logg": (4.5,),
+    "mh": (-1.0, 0.0),
+    "resolution": 2000,
+    "wave_range": (4000.0, 4400.0),
+}
+
+
+def test_written_grid_opens_with_the_values_of_surface_flux(tmp_path):
+    root = write_standin_grid(tmp_path / "g", **TINY)
+    names = sorted(p.name for p in root.rglob("*.txt.gz"))
+    assert names == sorted(
+        [
+            "bosz2024_mp_t5000_g+4.5_m-1.00_a+0.00_c+0.00_v2_r2000_resam.txt.gz",
+            "bosz2024_mp_t5000_g+4.5_m+0.00_a+0.00_c+0.00_v2_r2000_resam.txt.gz",
+            "bosz2024_mp_t6000_g+4.5_m-1.00_a+0.00_c+0.00_v2_r2000_resam.txt.gz",
+            "bosz2024_mp_t6000_g+4.5_m+0.00_a+0.00_c+0.00_v2_r2000_resam.txt.gz",
+        ]
+    )
+    assert (root / bosz_folder(2000, -1.0)).is_dir()
+    assert (root / "wavelength_grids" / wave_grid_name(2000)).is_file()
+    assert not list(root.rglob(".*"))  # no temporary file left behind
+
+    grid = open_bosz(root).compute()
+    full = bosz_wavelength(2000)
+    np.testing.assert_allclose(
+        grid["wavelength"].values, full[(full >= 4000) & (full <= 4400)], rtol=0, atol=1e-6
+    )
+    for path in root.rglob("*.txt.gz"):
+        p = parse_bosz_name(path)
+        h, hc = surface_flux(
+            grid["wavelength"].values, p["teff"], p["logg"], p["mh"], resolution=2000
+        )
+        node = grid.sel(teff=p["teff"], logg=p["logg"], mh=p["mh"], alpha=0.0)
+        np.testing.assert_allclose(node.values, 4 * np.pi * h, rtol=6e-5)  # 5 significant digits
+        np.testing.assert_allclose(node["continuum"].values, 4 * np.pi * hc, rtol=6e-5)
+
+
+def test_writer_is_deterministic(tmp_path):
+    a = write_standin_grid(tmp_path / "a", layout="flat", **TINY)
+    b = write_standin_grid(tmp_path / "b", layout="flat", **TINY)
+    files = sorted(p.name for p in a.iterdir())
+    assert (
+        files == sorted(p.name for p in b.iterdir()) and len(files) == 6
+    )  # 4 + wave grid + README
+    for name in files:
+        assert (a / name).read_bytes() == (b / name).read_bytes()
+
+
+def test_writer_noresam_has_three_columns(tmp_path):
+    root = write_standin_grid(tmp_path / "n", kind="noresam", layout="flat", **TINY)
+    path = next(root.glob("*_noresam.txt.gz"))
+    table = np.loadtxt(path)
+    assert table.shape[1] == 3 and np.all(np.diff(table[:, 0]) > 0)
+    assert not (root / wave_grid_name(2000)).exists()
+
+
+def test_writer_rejects_bad_arguments(tmp_path):
+    with pytest.raises(ValueError, match="layout"):
+        write_standin_grid(tmp_path, layout="nested", **TINY)
+    with pytest.raises(ValueError, match="kind"):
+        write_standin_grid(tmp_path, kind="lineid", **TINY)
+    with pytest.raises(ValueError, match="wave_range"):
+        write_standin_grid(tmp_path, teff=(5000,), logg=(4.5,), mh=(0.0,), wave_range=(5000, 4000))
+
+
+# ---------------------------------------------------------------------------
+# the cached default grid
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def reduced_default(tmp_path, monkeypatch):
+    monkeypatch.setenv("KSPEC_XR_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(
+        standin,
+        "DEFAULT_GRID",
+        {
+            "teff": (5500, 6000),
+            "logg": (4.5,),
+            "mh": (0.0,),
+            "alpha": (0.0,),
+            "wave_range": (5000.0, 5100.0),
+        },
+    )
+    monkeypatch.setattr(standin, "_BUILT", {})
+    return tmp_path / "cache"
+
+
+def test_standin_grid_path_builds_once(reduced_default, capsys):
+    path = standin_grid_path()
+    assert path.parent == reduced_default and (path / "COMPLETE").is_file()
+    assert "generating the stand-in BOSZ grid (once)" in capsys.readouterr().err
+    assert standin_grid_path() == path
+    standin._BUILT.clear()  # a new process: finds the finished grid on disk
+    assert standin_grid_path() == path
+    assert capsys.readouterr().err == ""
+    grid = open_bosz()
+    assert grid.shape[:4] == (2, 1, 1, 1) and grid.attrs["source"] == str(path)
+
+
+def test_standin_grid_path_survives_a_race(reduced_default):
+    results, errors = [], []
+
+    def worker():
+        try:
+            results.append(standin_grid_path())
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(set(results)) == 1
+    leftovers = [p.name for p in reduced_default.iterdir() if p.name.startswith(".")]
+    assert leftovers == []
+    assert len(list(results[0].rglob("*.txt.gz"))) == 2
+
+
+def test_an_unfinished_grid_is_replaced(reduced_default):
+    key_dir = standin_grid_path()
+    (key_dir / "COMPLETE").unlink()
+    standin._BUILT.clear()
+    assert standin_grid_path() == key_dir and (key_dir / "COMPLETE").is_file()
+
+
+def test_generator_change_gives_a_new_grid(reduced_default, monkeypatch):
+    first = standin_grid_path()
+    monkeypatch.setitem(standin.DEFAULT_GRID, "teff", (5500, 6000, 6500))
+    second = standin_grid_path()
+    assert second != first and len(list(second.rglob("*.txt.gz"))) == 3
