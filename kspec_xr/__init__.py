@@ -52,6 +52,7 @@ _LAZY = {
     "apply_calibration": "apply",
     "flux_calibrate": "pipeline",
     "apply_fluxcal": "pipeline",
+    "calibrate_many": "distributed",
 }
 
 __all__ = [

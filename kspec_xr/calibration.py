@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 import xarray as xr
-from scipy.signal import savgol_filter
+from scipy.signal import savgol_coeffs, savgol_filter
 
 from .io import add_history
 from .maskbits import bit
@@ -144,8 +144,9 @@ def star_calibrations(
     var_counts = ds["variance"].isel(fiber=idx)
     pixmask = ds["mask"].isel(fiber=idx)
     model = ds["model_flux"] * ds["scale"]
-    cal = model / counts
-    var = cal**2 * ((ds["scale_err"] / ds["scale"]) ** 2 + var_counts / counts**2)
+    positive = counts.where(counts > 0)  # Cal is undefined where no counts were measured
+    cal = model / positive
+    var = cal**2 * ((ds["scale_err"] / ds["scale"]) ** 2 + var_counts / positive**2)
 
     wave = np.asarray(ds["wavelength"].values, dtype=float)
     telluric = xr.DataArray(in_regions(wave, mask_regions), dims="wavelength")
@@ -194,6 +195,25 @@ def _interp_gaps(values, variance, valid, wavelength):
         out_v[~ok] = np.interp(wavelength[~ok], wavelength[ok], values[ok])
         out_var[~ok] = np.interp(wavelength[~ok], wavelength[ok], variance[ok])
     return out_v, out_var
+
+
+def _savgol_with_variance(values, variance, *, window: int, order: int):
+    """Savitzky–Golay smoothing and the variance of the smoothed values.
+
+    The filter is linear, ``y_i = Σ_k c_k x_{i+k}``, so for independent pixels
+    ``Var(y_i) = Σ_k c_k² Var(x_{i+k})`` (interior coefficients, the variance
+    extended flat beyond the ends: a close approximation there).
+    """
+    window = min(window, values.shape[-1] - (1 - values.shape[-1] % 2))
+    smoothed = savgol_filter(values, window, order, mode="interp", axis=-1)
+    coeffs = savgol_coeffs(window, order)
+    half = window // 2
+    var = np.apply_along_axis(
+        lambda v: np.convolve(np.pad(v, half, mode="edge"), coeffs**2, mode="valid"),
+        -1,
+        np.nan_to_num(variance),
+    )
+    return smoothed, np.where(np.isfinite(variance), var, np.nan)
 
 
 def combine_calibrations(
@@ -245,9 +265,9 @@ def combine_calibrations(
     keep = usable
     for _ in range(iterations):
         w = (1.0 / var).where(keep, 0.0)
-        wsum = w.sum("standard")
+        wsum = w.sum("standard").where(lambda x: x > 0)
         mean = (w * cal.where(keep, 0.0)).sum("standard") / wsum
-        pull = np.abs(cal - mean) / np.sqrt(var + 1.0 / wsum.where(wsum > 0))
+        pull = np.abs(cal - mean) / np.sqrt(var + 1.0 / wsum)
         # a star is only clipped when others remain to stand in for it
         nkeep = keep.sum("standard")
         keep = usable & ((pull <= sigma) | (nkeep <= 2))
@@ -274,14 +294,15 @@ def combine_calibrations(
     if smooth:
         step = float(np.median(np.diff(ds["wavelength"].values)))
         window = max(int(round(smooth_window / step)) | 1, smooth_order + 2 | 1)
-        filled = xr.apply_ufunc(
-            savgol_filter,
+        filled, filled_var = xr.apply_ufunc(
+            _savgol_with_variance,
             filled,
-            input_core_dims=[["wavelength"]],
-            output_core_dims=[["wavelength"]],
-            kwargs={"window_length": window, "polyorder": smooth_order, "mode": "interp"},
+            filled_var,
+            input_core_dims=[["wavelength"]] * 2,
+            output_core_dims=[["wavelength"]] * 2,
+            kwargs={"window": window, "order": smooth_order},
             dask="parallelized",
-            output_dtypes=[float],
+            output_dtypes=[float, float],
         )
     telluric = ((flags & bit("TELLURIC")) != 0).any("standard")
     calmask = (

@@ -41,6 +41,22 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
     _add_calibration_options(p)
 
+    p = sub.add_parser(
+        "batch", help="flux-calibrate many RED files on dask.distributed (one task per file)"
+    )
+    p.add_argument("inputs", nargs="*", metavar="FILE_OR_GLOB", help="RED files or quoted globs")
+    p.add_argument(
+        "--out-dir", required=True, help="folder of the outputs (same file names), created"
+    )
+    p.add_argument("--workers", type=int, help="worker processes of a local cluster")
+    p.add_argument("--scheduler", help="address of a running dask scheduler (tcp://host:port)")
+    p.add_argument(
+        "--nightly", action="store_true", help="recorded only; nightly transfer functions: later"
+    )
+    p.add_argument("--resume", action="store_true", help="skip complete outputs, redo partial")
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    _add_calibration_options(p)
+
     p = sub.add_parser("demo", help="simulate an exposure, calibrate it and report the accuracy")
     p.add_argument("--dir", default="kspec_xr_demo", help="folder for the demo files")
     p.add_argument("--seed", type=int, default=1)
@@ -71,12 +87,77 @@ def _fluxcal(args) -> int:
     return 0
 
 
+def _expand_inputs(patterns: list[str]) -> list[str]:
+    """Files named or matched by each argument (globs expanded here, so quoting is safe)."""
+    import glob
+    import os
+
+    files: list[str] = []
+    seen: set[str] = set()
+    for pattern in patterns:
+        if os.path.isfile(pattern):
+            matches = [pattern]
+        else:
+            matches = sorted(m for m in glob.glob(os.path.expanduser(pattern)) if os.path.isfile(m))
+        if not matches:
+            raise KspecError(f"{pattern}: no such file (the pattern matches no file)")
+        for match in matches:
+            key = os.path.realpath(match)
+            if key not in seen:
+                seen.add(key)
+                files.append(match)
+    return files
+
+
+def _batch(args) -> int:
+    from .distributed import calibrate_many
+
+    if not args.inputs:
+        raise KspecError("no input files: give RED files or globs such as 'night/*red.fits'")
+    if args.workers is not None and args.scheduler:
+        raise KspecError("give either --workers (local cluster) or --scheduler ADDR, not both")
+    if args.workers is not None and args.workers < 1:
+        raise KspecError(f"--workers {args.workers}: give at least one worker")
+    paths = _expand_inputs(args.inputs)
+    summary = calibrate_many(
+        paths,
+        args.out_dir,
+        catalog=args.catalog,
+        client=args.scheduler or None,
+        workers=args.workers,
+        nightly=args.nightly,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        progress=True,
+        templates=args.templates,
+        fwhm=args.fwhm,
+        metric=args.metric,
+        smooth=args.smooth,
+    )
+    counts = summary["status"].value_counts()
+    n_failed = int(counts.get("failed", 0))
+    if args.nightly:
+        print(
+            "kspec-xr batch: --nightly recorded; nightly transfer functions are not implemented "
+            "yet, every exposure was calibrated with its own standards",
+            file=sys.stderr,
+        )
+    print(
+        f"{len(summary)} exposures: {int(counts.get('ok', 0))} ok, "
+        f"{int(counts.get('skipped', 0))} skipped, {n_failed} failed; "
+        f"summary: {summary.attrs['summary_path']}"
+    )
+    return 1 if n_failed else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``kspec-xr`` console script."""
     args = _parser().parse_args(argv)
     try:
         if args.command == "fluxcal":
             return _fluxcal(args)
+        if args.command == "batch":
+            return _batch(args)
         if args.command == "demo":
             from .demo import run_demo
 

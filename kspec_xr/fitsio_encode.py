@@ -183,6 +183,25 @@ def _astropy_encoded(hdu, primary: bool) -> tuple[fits.Header, bytes]:
     return header, raw[start : start + info["datSpan"]]
 
 
+def _read_back(header: fits.Header, payload: bytes, primary: bool):
+    """The data astropy decodes from an encoded HDU (to check a scaling is exact)."""
+    head = b"" if primary else fits.PrimaryHDU().header.tostring().encode("ascii")
+    text = head + header.tostring().encode("ascii") + payload
+    with fits.open(io.BytesIO(text), memmap=False) as hdul:
+        data = hdul[0 if primary else 1].data
+        return None if data is None else data.copy()
+
+
+def _same_bits(a, b) -> bool:
+    a, b = np.asarray(a), np.asarray(b)
+    if a.shape != b.shape or a.dtype.newbyteorder("=") != b.dtype.newbyteorder("="):
+        return False
+    a, b = a.astype(a.dtype.newbyteorder("=")), b.astype(b.dtype.newbyteorder("="))
+    if a.dtype.kind == "f":
+        a, b = a.view(f"u{a.dtype.itemsize}"), b.view(f"u{b.dtype.itemsize}")
+    return bool(np.array_equal(a, b))
+
+
 _INT_FOR_BITPIX = {8: np.uint8, 16: np.int16, 32: np.int32, 64: np.int64}
 
 
@@ -207,7 +226,9 @@ def encode_image(
         Physical values, in on-disk axis order (NumPy order: last axis is NAXIS1).
     stored : astropy.io.fits.Header, optional
         The header read from the file; a ``BITPIX``/``BSCALE``/``BZERO``
-        scaling in it is applied again so that scaled integers come back.
+        scaling in it is applied again so that scaled integers come back —
+        only if that reproduces ``data`` exactly (processed values are
+        written as floats instead of being quantised).
     primary : bool
         Encode as a primary HDU.
 
@@ -233,7 +254,10 @@ def encode_image(
         header, payload = _astropy_encoded(hdu, primary)
         header["BSCALE"] = scale
         header["BZERO"] = zero
-        return header, payload
+        if "BLANK" in stored:
+            header["BLANK"] = stored["BLANK"]
+        if _same_bits(_read_back(header, payload, primary), data):
+            return header, payload
     hdu = fits.PrimaryHDU(data) if primary else fits.ImageHDU(data)
     return _astropy_encoded(hdu, primary)
 
@@ -309,41 +333,55 @@ def _stored_column(stored: fits.Header, number: int) -> dict:
     }
 
 
-def _column_for(name: str, values: np.ndarray, unit: str | None, stored: dict):
-    """A ``fits.Column`` (and an optional raw scaling) for one column."""
+def _column_for(name: str, values: np.ndarray, unit: str | None, stored: dict, scaling=True):
+    """A ``fits.Column`` for one column, and its raw (TSCAL, TZERO) scaling or None.
+
+    The stored ``TFORMn`` (and ``TDIMn``, ``TNULLn``, ``TDISPn``) are reused
+    while the values still fit them; a scaled integer column read as floats
+    is written as raw integers again when ``scaling`` is allowed.
+    """
     values = np.asarray(values)
     tform, tzero, tdim = column_format(values)
     scale, zero = stored.get("TSCAL", 1), stored.get("TZERO", 0)
+    raw_scaling = None
     if "TFORM" in stored:
         repeat, code = _strip_repeat(stored["TFORM"])
         new_repeat, new_code = _strip_repeat(tform)
-        if code in _BITS_FOR_CODE and (scale, zero) != (1, 0) and values.dtype.kind == "f":
-            # a scaled integer column read as floats: write raw integers, keep TSCAL/TZERO
-            raw = _raw_integers(values, _INT_FOR_BITPIX[_BITS_FOR_CODE[code]], scale, zero)
-            column = fits.Column(
-                name=name,
-                format=stored["TFORM"],
-                array=raw,
-                unit=unit,
-                null=stored.get("TNULL"),
-                disp=stored.get("TDISP"),
-                dim=stored.get("TDIM"),
-            )
-            return column, (scale, zero)
-        same_type = code == new_code and (code == "A" or repeat == new_repeat)
-        if same_type and (code != "A" or repeat >= new_repeat):
+        scaled = code in _BITS_FOR_CODE and (scale, zero) != (1, 0)
+        if scaling and scaled and values.dtype.kind == "f":
+            values = _raw_integers(values, _INT_FOR_BITPIX[_BITS_FOR_CODE[code]], scale, zero)
+            tform, tzero, tdim = stored["TFORM"], None, stored.get("TDIM")
+            raw_scaling = (scale, zero)
+        elif code == new_code and (repeat >= new_repeat if code == "A" else repeat == new_repeat):
             tform, tdim = stored["TFORM"], stored.get("TDIM", tdim)
+    integer = _strip_repeat(tform)[1] in _BITS_FOR_CODE
     column = fits.Column(
         name=name,
         format=tform,
         array=values,
         unit=unit,
         bzero=tzero,
-        null=stored.get("TNULL"),
+        null=stored.get("TNULL") if integer else None,
         disp=stored.get("TDISP"),
         dim=tdim,
     )
-    return column, None
+    return column, raw_scaling
+
+
+def _encode_table_once(columns, stored: fits.Header, nrows, unscaled: set[int]):
+    made, scalings = [], {}
+    for number, (name, values, unit, old) in enumerate(columns, start=1):
+        spec = _stored_column(stored, old) if old else {}
+        column, scaling = _column_for(name, values, unit, spec, number not in unscaled)
+        made.append(column)
+        if scaling is not None:
+            scalings[number] = scaling
+    hdu = fits.BinTableHDU.from_columns(fits.ColDefs(made), nrows=nrows or 0)
+    header, payload = _astropy_encoded(hdu, primary=False)
+    for number, (scale, zero) in scalings.items():
+        header.set(f"TSCAL{number}", scale, after=f"TFORM{number}")
+        header.set(f"TZERO{number}", zero, after=f"TSCAL{number}")
+    return header, payload, scalings
 
 
 def encode_table(
@@ -367,25 +405,24 @@ def encode_table(
     Returns
     -------
     header, data_bytes
+
+    Notes
+    -----
+    A column stored with ``TSCALn``/``TZEROn`` keeps its scaling only if
+    decoding gives back the values exactly; otherwise (processed values) it
+    is written as plain floats rather than quantised.
     """
     stored = stored if stored is not None else fits.Header()
-    made = []
-    scalings = {}
-    for number, (name, values, unit, old) in enumerate(columns, start=1):
-        column, scaling = _column_for(
-            name, values, unit, _stored_column(stored, old) if old else {}
-        )
-        made.append(column)
-        if scaling is not None:
-            scalings[number] = scaling
-    hdu = fits.BinTableHDU.from_columns(made, nrows=nrows or 0) if made else None
-    if hdu is None:
-        hdu = fits.BinTableHDU.from_columns(fits.ColDefs([]), nrows=nrows or 0)
-    header, payload = _astropy_encoded(hdu, primary=False)
-    for number, (scale, zero) in scalings.items():
-        header.set(f"TSCAL{number}", scale, after=f"TFORM{number}")
-        header.set(f"TZERO{number}", zero, after=f"TSCAL{number}")
-    return header, payload
+    unscaled: set[int] = set()
+    while True:
+        header, payload, scalings = _encode_table_once(columns, stored, nrows, unscaled)
+        if not scalings:
+            return header, payload
+        back = _read_back(header, payload, primary=False)
+        inexact = {n for n in scalings if not _same_bits(back.field(n - 1), columns[n - 1][1])}
+        if not inexact:
+            return header, payload
+        unscaled |= inexact
 
 
 # --- checksums --------------------------------------------------------------------
@@ -468,10 +505,16 @@ def _from_json(obj: dict):
 
 
 def encode_attrs(attrs: dict, where: str = "") -> str:
-    """JSON text for an attrs dict (NumPy scalars and arrays keep their dtype)."""
-    return json.dumps(
+    """JSON text for an attrs dict (NumPy scalars and arrays keep their dtype).
+
+    The text is plain printable ASCII without single quotes (escaped as
+    ``\\u0027``): astropy misreads long (CONTINUE) strings in which a
+    doubled quote falls at a segment boundary.
+    """
+    text = json.dumps(
         {k: _to_json(v, f"{where}.{k}") for k, v in attrs.items()}, separators=(",", ":")
     )
+    return text.replace("'", "\\u0027")
 
 
 def decode_attrs(text: str) -> dict:

@@ -18,6 +18,7 @@ from .errors import CalibrationError
 from .io import add_history, primary_header
 from .maskbits import bit
 from .matching import PreparedGrid, fit_star
+from .photometry import colour_pair_indices
 from .regions import in_regions
 from .standards import standard_index
 
@@ -95,6 +96,7 @@ def _grid_arrays(prep: xr.Dataset, alpha: float) -> tuple[PreparedGrid, np.ndarr
         continuum=np.asarray(sub["continuum"].values, dtype=float),
         params=np.stack([sub[p].values for p in ("teff", "logg", "mh")], axis=1).astype(float),
         mags=np.asarray(sub["mags"].values, dtype=float),
+        pairs=colour_pair_indices([str(b) for b in sub["band"].values]),
     )
     return grid, keep
 

@@ -25,9 +25,16 @@ Data model (the attributes other modules rely on)
     2dfdr) behind the ``ra``/``dec`` coordinates in degrees.
 
 Variables that do not come from the file (calibration products) are written
-as extra HDUs marked with ``KXVAR``/``KXMETA`` (one image per variable along
-``fiber``/``wavelength``) or ``KXDIM``/``KXCOLn`` (one binary table per other
-dimension, e.g. ``standard``), and :func:`open_red` restores them.
+as extra HDUs marked with ``KXVAR``/``KXMETA`` (one image per numeric variable
+along ``fiber``/``wavelength``) or ``KXDIM``/``KXCOLn`` (one binary table per
+other dimension, e.g. ``standard``, vector columns for 2-D variables; 0-d
+variables go to a one-row ``KXSCALARS`` table), each with its name, dims,
+dtype and attributes as JSON, and :func:`open_red` restores them.  A ``mask``
+that differs from what the reader would compute is written the same way
+(``KXVAR = 'mask'``) and OR-ed in again on reading.  Attributes the reader
+cannot rebuild (extra Dataset attributes, extra attributes of file variables)
+travel in the primary card ``KXATTRS``.  None of these cards is written for
+an unprocessed Dataset, which therefore writes back its input exactly.
 """
 
 from __future__ import annotations
@@ -37,6 +44,8 @@ import datetime as _dt
 import os
 import re
 import tempfile
+import textwrap
+import warnings
 from collections.abc import Mapping
 from importlib.metadata import version
 from pathlib import Path
@@ -89,6 +98,8 @@ _VERSION_CARDS = {
 }
 
 _FIBRES, _VARIANCE, _WAVELA, _MASK = "FIBRES", "VARIANCE", "WAVELA", "MASK"
+#: HDUs with a meaning in a RED file (MASK is also kept as an image variable)
+_ROLE_HDUS = (_FIBRES, _VARIANCE, _WAVELA, _MASK)
 _FIBRES_NAMES = {"TYPE": "fiber_type", "NAME": "fiber_name", "RA": "ra", "DEC": "dec"}
 _ANGLES = ("RA", "DEC")
 _RADIANS = {"rad", "radian", "radians"}
@@ -276,6 +287,12 @@ def _native(array: np.ndarray) -> np.ndarray:
     return array
 
 
+def _tight_strings(values: np.ndarray) -> np.ndarray:
+    """Strings in the narrowest ``<U`` dtype (as netCDF gives them back)."""
+    width = int(np.char.str_len(values).max()) if values.size else 1
+    return values.astype(f"<U{max(width, 1)}")
+
+
 def _bits_equal(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Element-wise bitwise equality (NaN payloads and signed zeros included)."""
     a = np.asarray(a)
@@ -398,6 +415,9 @@ class _Reader:
 
     def __init__(self, hdul: fits.HDUList, path: Path, fiber_chunks, require_common_grid: bool):
         self.hdul, self.path, self.fiber_chunks = hdul, path, fiber_chunks
+        # copies taken before any data is read: astropy rewrites the header of a
+        # scaled image (BITPIX, BSCALE, BZERO) once its data are accessed
+        self.headers = [hdu.header.copy() for hdu in hdul]
         self.require_common_grid = require_common_grid
         self.names = _Names({"flux", "variance", "mask", "fiber", "wavelength", "pixel"})
         self.coords: dict[str, xr.Variable] = {}
@@ -416,7 +436,7 @@ class _Reader:
         shape = tuple(reversed(hdu.shape)) if transpose else tuple(hdu.shape)
         lazy = lazy and self.fiber_chunks is not None and "fiber" in dims
         if lazy and shape and 0 not in shape:
-            probe = np.asarray(hdu.section[(0,) * len(shape)])
+            probe = np.asarray(hdu.section[(slice(0, 1),) * len(shape)])
             lazy = _LazyImage(self.path, index, shape, _native(probe).dtype, transpose)
             chunks = tuple(self.fiber_chunks if d == "fiber" else -1 for d in dims)
             stamp = os.stat(self.path)
@@ -434,9 +454,10 @@ class _Reader:
         data = _native(data)
         return data.T if transpose else data
 
-    def columns(self, hdu, key: str):
+    def columns(self, index: int, key: str):
         """(TTYPE, values, TUNIT) of every column of a binary table."""
-        if str(hdu.header.get("XTENSION", "")).strip().upper() != "BINTABLE":
+        hdu = self.hdul[index]
+        if str(self.headers[index].get("XTENSION", "")).strip().upper() != "BINTABLE":
             raise self.error("ASCII tables are not supported; convert it to a binary table", key)
         out = []
         for number, column in enumerate(hdu.columns):
@@ -453,7 +474,7 @@ class _Reader:
             if values is None:
                 values = np.zeros((0,), np.float64)
             elif values.dtype.kind in "US":
-                values = np.char.rstrip(np.asarray(values).astype(str))
+                values = _tight_strings(np.char.rstrip(np.asarray(values).astype(str)))
             else:
                 values = _native(np.array(values))
             out.append((column.name, values, column.unit))
@@ -467,7 +488,7 @@ class _Reader:
         extras, products, order = [], [], []
         keys = _Names()
         for index in range(1, len(self.hdul)):
-            header = self.hdul[index].header
+            header = self.headers[index]
             if _VAR_CARD in header or _DIM_CARD in header:
                 products.append(index)
                 continue
@@ -477,25 +498,25 @@ class _Reader:
                     _extname(header) or f"#{index}",
                 )
             extname = _extname(header).upper()
-            key = keys.claim(_extname(header) or f"HDU{index}")
-            order.append(key)
-            if extname in {_FIBRES, _VARIANCE, _WAVELA} and extname not in roles:
+            if extname in _ROLE_HDUS and extname not in roles:
                 roles[extname] = index
-                if key != extname:  # pragma: no cover - only if EXTNAME had odd characters
-                    order[-1] = keys.claim(extname)
+                key = keys.claim(extname)  # the first of each role keeps its plain name
             else:
+                key = keys.claim(_extname(header) or f"HDU{index}")
+            order.append(key)
+            if extname not in roles or roles[extname] != index or extname == _MASK:
                 extras.append((index, key))
         return roles, extras, products, order
 
     def primary(self):
         hdu = self.hdul[0]
-        if hdu.header.get("NAXIS") != 2 or 0 in hdu.shape:
+        if self.headers[0].get("NAXIS") != 2 or 0 in hdu.shape:
             raise self.error(
                 f"the primary image must be 2-D (fibers x pixels), not shape {hdu.shape}; "
                 "is this a 2dfdr RED file?",
                 "PRIMARY",
             )
-        self.header = hdu.header.copy()
+        self.header = self.headers[0].copy()
         self.transpose = self.header.get("DISPAXIS", 1) == 2
         disk = tuple(hdu.shape)
         self.nfib, self.npix = (disk[1], disk[0]) if self.transpose else disk
@@ -507,15 +528,15 @@ class _Reader:
                 "no FIBRES HDU (the table of fiber types, names and positions); "
                 "2dfdr writes one in every reduced frame — re-run the reduction or add the table",
             )
-        hdu = self.hdul[index]
-        columns = self.columns(hdu, _FIBRES)
+        header = self.headers[index]
+        columns = self.columns(index, _FIBRES)
         if not any(name.strip().upper() == "TYPE" for name, _, _ in columns):
             raise self.error(
                 "no TYPE column (the one-character fiber types P, S, C, U, N, F); "
                 f"columns are {[name for name, _, _ in columns]}; add a TYPE column",
                 _FIBRES,
             )
-        nrows = hdu.header.get("NAXIS2", 0)
+        nrows = header.get("NAXIS2", 0)
         if nrows != self.nfib:
             raise self.error(
                 f"{nrows} rows but the primary image has {self.nfib} fibers; "
@@ -529,7 +550,7 @@ class _Reader:
                 "units": "1",
                 "long_name": "2dfdr fiber number",
                 HDU_ATTR: _FIBRES,
-                HEADER_ATTR: header_to_string(hdu.header),
+                HEADER_ATTR: header_to_string(header),
             },
         )
         for ttype, values, unit in columns:
@@ -560,7 +581,7 @@ class _Reader:
 
     def wavelength(self, index: int | None):
         if index is not None:
-            header = self.hdul[index].header
+            header = self.headers[index]
             shape = tuple(self.hdul[index].shape)
             if shape != self.disk_shape:
                 raise self.error(
@@ -579,12 +600,10 @@ class _Reader:
                 self.coords["wavelength"] = xr.Variable("wavelength", wave[0].copy(), attrs)
                 return
             if self.require_common_grid:
-                differ = np.flatnonzero(
-                    ~np.all(wave == wave[0], axis=1) | np.isnan(wave).any(axis=1)
-                )
+                first = int(np.flatnonzero(~np.all(_bits_equal(wave, wave[0]), axis=1))[0]) + 1
                 raise self.error(
-                    f"the fibers have different wavelength grids (fiber {differ[0] + 1 if differ.size else 1} "
-                    "differs from fiber 1) and a common grid was required; resampling is needed: "
+                    f"the fibers have different wavelength grids (fiber {first} differs from "
+                    "fiber 1) and a common grid was required; resampling is needed: "
                     "scrunch the frame in 2dfdr, or open it without require_common_grid=True "
                     "(a 'pixel' dimension with a 2-D wavelength coordinate) and resample onto a "
                     "common grid",
@@ -625,7 +644,8 @@ class _Reader:
                 _VARIANCE,
             )
         variance = self.image(variance_index, dims, transpose=self.transpose, name="variance")
-        var_units = str(hdu.header.get("BUNIT", "")).strip() or _squared_units(units)
+        header = self.headers[variance_index]
+        var_units = str(header.get("BUNIT", "")).strip() or _squared_units(units)
         self.data_vars["variance"] = xr.Variable(
             dims,
             variance,
@@ -633,7 +653,7 @@ class _Reader:
                 "units": var_units,
                 "long_name": "variance of flux",
                 HDU_ATTR: _VARIANCE,
-                HEADER_ATTR: header_to_string(hdu.header),
+                HEADER_ATTR: header_to_string(header),
             },
         )
 
@@ -642,8 +662,9 @@ class _Reader:
         dims = self.image_dims(key, tuple(hdu.shape))
         name = self.names.claim(key)
         data = self.image(index, dims, name=name)
-        attrs = {"units": str(hdu.header.get("BUNIT", "1")).strip(), HDU_ATTR: key}
-        attrs[HEADER_ATTR] = header_to_string(hdu.header)
+        header = self.headers[index]
+        attrs = {"units": str(header.get("BUNIT", "1")).strip(), HDU_ATTR: key}
+        attrs[HEADER_ATTR] = header_to_string(header)
         self.data_vars[name] = xr.Variable(dims, data, attrs)
         if key == _MASK:
             if np.dtype(data.dtype).kind not in "iub":
@@ -671,25 +692,24 @@ class _Reader:
         return tuple(dims)
 
     def extra_table(self, index: int, key: str):
-        hdu = self.hdul[index]
+        header = self.headers[index]
         row = self.names.claim(f"{key}_row")
-        nrows = hdu.header.get("NAXIS2", 0)
-        attrs = {"units": "1", HDU_ATTR: key, HEADER_ATTR: header_to_string(hdu.header)}
+        nrows = header.get("NAXIS2", 0)
+        attrs = {"units": "1", HDU_ATTR: key, HEADER_ATTR: header_to_string(header)}
         self.coords[row] = xr.Variable(row, np.arange(nrows, dtype=np.int64), attrs)
-        for ttype, values, unit in self.columns(hdu, key):
+        for ttype, values, unit in self.columns(index, key):
             name = self.names.claim(f"{key}_{ttype}")
             attrs = {"units": unit or _default_column_units(values), COLUMN_ATTR: ttype}
             self.data_vars[name] = xr.Variable(self.vector_dims(row, name, values), values, attrs)
 
     def product(self, index: int):
-        hdu = self.hdul[index]
-        header = hdu.header
+        header = self.headers[index]
         key = _extname(header) or f"#{index}"
         try:
             if _VAR_CARD in header:
                 self.product_image(index, header)
             else:
-                self.product_table(hdu, key)
+                self.product_table(index, key)
         except (ValueError, KeyError, TypeError) as err:
             if isinstance(err, RedFileError):
                 raise
@@ -710,11 +730,11 @@ class _Reader:
             return
         (self.coords if meta["coord"] else self.data_vars)[name] = xr.Variable(dims, data, attrs)
 
-    def product_table(self, hdu, key: str):
-        header = hdu.header
+    def product_table(self, index: int, key: str):
+        header = self.headers[index]
         row_dim = header[_DIM_CARD]
         nrows = header.get("NAXIS2", 0)
-        for number, (_, values, unit) in enumerate(self.columns(hdu, key), start=1):
+        for number, (_, values, unit) in enumerate(self.columns(index, key), start=1):
             meta = decode_attrs(header[f"{_COL_CARD}{number}"])
             dims = tuple(meta["dims"])
             stored_dims = ([row_dim] if row_dim else []) + [d for d in dims if d != row_dim]
@@ -740,7 +760,7 @@ class _Reader:
         self.fibres(roles.get(_FIBRES))
         self.data_vars["mask"] = None  # keep flux, variance, mask first
         for index, key in extras:
-            if _is_table(self.hdul[index].header):
+            if _is_table(self.headers[index]):
                 self.extra_table(index, key)
             else:
                 self.extra_image(index, key)
@@ -757,7 +777,7 @@ class _Reader:
         )
         for name, more in extra_attrs.items():
             if name in ds.variables:
-                ds[name].attrs.update(more)
+                ds.variables[name].attrs.update(more)
         if self.fiber_chunks is not None:
             ds = _chunk_fiber_vars(ds, self.fiber_chunks)
         return ds
@@ -857,14 +877,48 @@ def open_red(path, *, chunks=None, require_common_grid: bool = False) -> xr.Data
     """
     source = _input_file(path, RedFileError, "RED file")
     fiber_chunks = _fiber_chunks(chunks)
+    with _open_fits(source) as hdul:
+        return _Reader(hdul, source, fiber_chunks, require_common_grid).dataset()
+
+
+def _data_bytes(header: fits.Header) -> int:
+    """Size of an HDU's data (without padding) from its header."""
+    naxis = [header.get(f"NAXIS{i}", 0) for i in range(1, header.get("NAXIS", 0) + 1)]
+    elements = int(np.prod(naxis, dtype=np.int64)) if naxis else 0
+    gcount, pcount = header.get("GCOUNT", 1), header.get("PCOUNT", 0)
+    return abs(header.get("BITPIX", 8)) // 8 * gcount * (pcount + elements)
+
+
+def _open_fits(source: Path) -> fits.HDUList:
+    """``fits.open`` with every header read; truncated or corrupt files raise."""
     try:
-        hdul = fits.open(source, memmap=False, lazy_load_hdus=False)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            hdul = fits.open(source, memmap=False, lazy_load_hdus=False)
     except (OSError, ValueError, TypeError, IndexError) as err:
         raise RedFileError(
             f"cannot read RED file {source} as FITS ({err}); check that it is a complete FITS file"
         ) from err
-    with hdul:
-        return _Reader(hdul, source, fiber_chunks, require_common_grid).dataset()
+    problems = [
+        " ".join(str(w.message).split())
+        for w in caught
+        if "Error validating header" in str(w.message)
+    ]
+    size = source.stat().st_size
+    for index, hdu in enumerate(hdul):
+        end = hdul.fileinfo(index)["datLoc"] + _data_bytes(hdu.header)
+        if end > size:
+            problems.append(f"HDU #{index} needs {end} bytes, the file has {size}")
+    if problems:
+        hdul.close()
+        raise RedFileError(
+            f"RED file {source} is truncated or corrupt ({'; '.join(problems)}); "
+            "copy it again from the reduction"
+        )
+    for w in caught:  # not ours to judge: pass astropy's other warnings on
+        if "truncated" not in str(w.message):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return hdul
 
 
 # =============================================================================
@@ -895,6 +949,44 @@ def _set_bunit(header: fits.Header, units, default: str) -> None:
         header["BUNIT"] = units
 
 
+_ROLE_VARS = {_VARIANCE: "variance", _WAVELA: "wavelength", _FIBRES: "fiber"}
+_FITS_ATTRS = (HEADER_ATTR, HDU_ATTR, COLUMN_ATTR, RAW_ATTR)
+
+
+def _find_carriers(ds: xr.Dataset) -> dict[str, str]:
+    """HDU key -> the variable carrying that HDU read from the file.
+
+    ``fits_hdu``/``fits_header`` can travel to derived variables with
+    arithmetic, so only a variable that can hold the HDU counts: the role
+    variable for VARIANCE/WAVELA/FIBRES, an index coordinate for a table, a
+    data variable for an image (the one named like the key if several).
+    """
+    carriers: dict[str, str] = {}
+    for name, var in ds.variables.items():
+        key = var.attrs.get(HDU_ATTR)
+        if not isinstance(key, str) or not isinstance(var.attrs.get(HEADER_ATTR), str):
+            continue
+        if key in _ROLE_VARS:
+            fits_ok = name == _ROLE_VARS[key]
+        elif _is_table(_header_of(var)):
+            fits_ok = var.dims == (name,)
+        else:
+            fits_ok = name in ds.data_vars
+        if fits_ok and (key not in carriers or name == key):
+            carriers[key] = name
+    return carriers
+
+
+def _product_attrs(var: xr.Variable) -> tuple[dict, str | None]:
+    """A product's attrs without stale FITS bookkeeping, and its units."""
+    attrs = {k: v for k, v in var.attrs.items() if k not in _FITS_ATTRS}
+    units = attrs.get("units")
+    if not isinstance(units, str) or not units.strip() or units != units.strip():
+        return attrs, None  # kept in the JSON: a FITS string loses its blanks
+    del attrs["units"]
+    return attrs, units
+
+
 class _Writer:
     """Turns one (computed) Dataset into a list of encoded HDUs."""
 
@@ -908,11 +1000,10 @@ class _Writer:
         self.spectral = next(d for d in ds.flux.dims if d != "fiber")
         self.header = primary_header(ds)
         self.transpose = self.header.get("DISPAXIS", 1) == 2
-        self.done: set[str] = set()
+        self.done: set[str] = set()  # variables written so far
+        self.file_vars: set[str] = set()  # ... as part of an HDU read from the file
         self.extnames: set[str] = set()
-        self.carriers = {
-            var.attrs[HDU_ATTR]: name for name, var in ds.variables.items() if HDU_ATTR in var.attrs
-        }
+        self.carriers = _find_carriers(ds)
 
     def oriented(self, var: xr.Variable) -> np.ndarray:
         """A (fiber, spectral) variable in on-disk axis order."""
@@ -930,11 +1021,13 @@ class _Writer:
     # -- the HDUs ----------------------------------------------------------------------
 
     def primary(self) -> EncodedHDU:
+        """The primary HDU; built last, when the file variables are known."""
         ds, header = self.ds, self.header
         _set_bunit(header, ds.flux.attrs.get("units"), _DEFAULT_FLUX_UNITS)
         lines = [line for line in ds.attrs.get(HISTORY_ATTR, "").splitlines() if line.strip()]
         for line in lines:
-            header.add_history(line)
+            for part in textwrap.wrap(line, 72, break_on_hyphens=False) or [line]:
+                header.add_history(part)
         if lines:
             import kspec_xr
 
@@ -948,7 +1041,6 @@ class _Writer:
         generated, payload = encode_image(
             self.oriented(ds.flux.variable), stored=header, primary=True
         )
-        self.done.add("flux")
         return self.finish(header, generated, payload)
 
     def extra_attrs(self) -> dict:
@@ -957,17 +1049,16 @@ class _Writer:
         ds_extra = {k: v for k, v in self.ds.attrs.items() if k not in _MANAGED_DS}
         if ds_extra:
             extra[""] = ds_extra
-        for name, var in self.ds.variables.items():
-            if self.is_file_variable(name, var):
-                more = {k: v for k, v in var.attrs.items() if k not in _MANAGED}
-                if more:
-                    extra[name] = more
+        for name in self.file_vars:
+            more = {k: v for k, v in self.ds[name].attrs.items() if k not in _MANAGED}
+            if more:
+                extra[name] = more
         return extra
 
-    def is_file_variable(self, name: str, var: xr.Variable) -> bool:
-        if name in {"flux", "variance", "mask", "fiber", "wavelength"}:
-            return True
-        return any(a in var.attrs for a in (HDU_ATTR, COLUMN_ATTR, RAW_ATTR))
+    def written(self, *names: str) -> None:
+        """Record variables written as part of a file HDU."""
+        self.done.update(names)
+        self.file_vars.update(n for n in names if n in self.ds.variables)
 
     def image(self, name: str, default_units: str) -> EncodedHDU:
         var = self.ds[name].variable
@@ -975,7 +1066,7 @@ class _Writer:
         _set_bunit(stored, var.attrs.get("units"), default_units)
         values = self.oriented(var) if name == "variance" else _values(var)
         generated, payload = encode_image(values, stored=stored)
-        self.done.add(name)
+        self.written(name)
         return self.finish(stored, generated, payload)
 
     def wavela(self, stored: fits.Header) -> EncodedHDU:
@@ -987,24 +1078,37 @@ class _Writer:
             values = _values(wave.transpose("fiber", self.spectral))
         values = np.ascontiguousarray(values.T if self.transpose else values)
         generated, payload = encode_image(values, stored=stored)
-        self.done.add("wavelength")
+        self.written("wavelength")
         return self.finish(stored, generated, payload)
 
-    def table(self, stored: fits.Header, row_dim: str, scratch: bool = False) -> EncodedHDU:
-        """A file table: the stored columns still present, in stored order."""
-        by_column = {}
+    def column_vars(self, row_dim: str, prefix: str) -> tuple[dict, dict]:
+        """TTYPE -> variable, and variable -> its stored-values companion, of one table.
+
+        Attributes travel with arithmetic (``keep_attrs``), so a derived
+        variable may carry ``fits_column`` too: the variable with the name the
+        reader gives the column wins.
+        """
+        by_column, raw_of = {}, {}
         for name, var in self.ds.variables.items():
-            if (
-                var.dims[:1] == (row_dim,)
-                and COLUMN_ATTR in var.attrs
-                and RAW_ATTR not in var.attrs
-            ):
-                by_column.setdefault(var.attrs[COLUMN_ATTR], name)
-        raw_of = {
-            var.attrs[RAW_ATTR]: name
-            for name, var in self.ds.variables.items()
-            if RAW_ATTR in var.attrs
-        }
+            if var.dims[:1] != (row_dim,) or (row_dim == "fiber" and name not in self.ds.coords):
+                continue
+            raw_target, ttype = var.attrs.get(RAW_ATTR), var.attrs.get(COLUMN_ATTR)
+            if isinstance(raw_target, str):
+                if raw_target not in raw_of or name == f"{raw_target}_fits":
+                    raw_of[raw_target] = name
+            elif isinstance(ttype, str):
+                expected = (
+                    _FIBRES_NAMES.get(ttype.strip().upper(), ttype)
+                    if not prefix
+                    else f"{prefix}_{ttype}"
+                )
+                if ttype not in by_column or name == expected:
+                    by_column[ttype] = name
+        return by_column, raw_of
+
+    def table(self, stored: fits.Header, row_dim: str, prefix="", scratch=False) -> EncodedHDU:
+        """A file table: the stored columns still present, in stored order."""
+        by_column, raw_of = self.column_vars(row_dim, prefix)
         if scratch:
             wanted = [
                 (name, self._scratch_ttype(name), None) for name in self._scratch_columns(row_dim)
@@ -1027,8 +1131,7 @@ class _Writer:
             columns.append((ttype, values, unit, old))
             if old:
                 renumber[old] = new_number
-            self.done.add(name)
-            self.done.add(raw_of.get(name, name))
+            self.written(name, raw_of.get(name, name))
         generated, payload = encode_table(
             columns, stored=stored, nrows=self.ds.sizes.get(row_dim, 0)
         )
@@ -1072,15 +1175,15 @@ class _Writer:
     def fibres(self) -> EncodedHDU:
         key = self.ds["fiber"].attrs.get(HDU_ATTR) if "fiber" in self.ds.coords else None
         if key is not None:
+            self.written("fiber")
             return self.table(_header_of(self.ds["fiber"].variable), "fiber")
         if "fiber_type" not in self.ds.coords:
             raise ValueError(
                 "the Dataset has no 'fiber_type' coordinate; FIBRES needs a TYPE column"
             )
         stored = fits.Header([("EXTNAME", _FIBRES)])
-        hdu = self.table(stored, "fiber", scratch=True)
-        self.done.add("fiber")
-        return hdu
+        self.written("fiber")
+        return self.table(stored, "fiber", scratch=True)
 
     # -- products ------------------------------------------------------------------------
 
@@ -1088,7 +1191,7 @@ class _Writer:
         ds = self.ds
         if "mask" not in ds.data_vars:
             return None
-        self.done.add("mask")
+        self.written("mask")
         expected = maskbits.data_mask(_values(ds.flux.variable), _values(ds.variance.variable))
         raw = self.carriers.get(_MASK)
         if raw is not None and raw in ds.data_vars:
@@ -1115,8 +1218,7 @@ class _Writer:
             stored_values = values.astype(np.uint8)
         elif values.dtype == np.int8 or values.dtype == np.float16:
             stored_values = values.astype(np.int16 if values.dtype == np.int8 else np.float32)
-        attrs = dict(var.attrs)
-        units = attrs.pop("units") if isinstance(attrs.get("units"), str) else None
+        attrs, units = _product_attrs(var)
         meta = {"dims": list(var.dims), "coord": coord, "dtype": values.dtype.str, "attrs": attrs}
         header = fits.Header([("EXTNAME", self._unique_extname(name)), (_VAR_CARD, name)])
         header[_META_CARD] = encode_attrs(meta, name)
@@ -1139,8 +1241,7 @@ class _Writer:
                 values = values[np.newaxis]
             if values.dtype == np.int8 or values.dtype == np.float16:
                 values = values.astype(np.int16 if values.dtype == np.int8 else np.float32)
-            attrs = dict(var.attrs)
-            units = attrs.pop("units") if isinstance(attrs.get("units"), str) else None
+            attrs, units = _product_attrs(var)
             meta = {
                 "name": name,
                 "dims": list(var.dims),
@@ -1178,35 +1279,46 @@ class _Writer:
 
     def hdus(self) -> list[EncodedHDU]:
         ds = self.ds
-        out = [self.primary()]
+        self.written("flux")
+        out = []
         order = [key for key in ds.attrs.get(ORDER_ATTR, "").split("\n") if key]
         order += [key for key in self.carriers if key not in order]
         for key in order:
             name = self.carriers.get(key)
-            if name is None or name in self.done:
-                continue  # dropped by the caller
-            out.append(self.file_hdu(key, name))
-        if "variance" not in self.done:
-            stored = fits.Header([("EXTNAME", _VARIANCE)])
-            generated, payload = encode_image(self.oriented(ds.variance.variable), stored=stored)
-            self.done.add("variance")
-            out.append(self.finish(stored, generated, payload))
-        if "fiber" not in self.done:
-            out.append(self.fibres())
-            self.done.add("fiber")
-        if "wavelength" not in self.done and "wavelength" in ds.coords:
-            wave = ds["wavelength"].variable
-            axis = 2 if self.transpose else 1
-            wcs = _wcs_wavelength(self.header, ds.sizes[self.spectral], axis)
-            if wave.ndim == 1 and wcs is not None and _same_bits(_values(wave), wcs):
-                self.done.add("wavelength")
-            else:
-                out.append(self.wavela(fits.Header([("EXTNAME", _WAVELA)])))
+            if name is not None and name not in self.done:
+                out.append(self.file_hdu(key, name))
+            elif key in _ROLE_VARS and _ROLE_VARS[key] not in self.done:
+                # the variable lost its FITS attributes on the way: keep the HDU's place
+                out += self.new_role_hdus(key)
+            # else the caller dropped it
+        for key in _ROLE_VARS:
+            out += self.new_role_hdus(key)
         mask = self.mask_product()
         if mask is not None:
             out.append(mask)
         out += self.products()
-        return out
+        return [self.primary(), *out]
+
+    def new_role_hdus(self, key: str) -> list[EncodedHDU]:
+        """VARIANCE, FIBRES or WAVELA made from the Dataset alone (if still needed)."""
+        ds = self.ds
+        if _ROLE_VARS[key] in self.done:
+            return []
+        if key == _FIBRES:
+            return [self.fibres()]
+        if key == _VARIANCE:
+            stored = fits.Header([("EXTNAME", _VARIANCE)])
+            generated, payload = encode_image(self.oriented(ds.variance.variable), stored=stored)
+            self.written("variance")
+            return [self.finish(stored, generated, payload)]
+        if "wavelength" not in ds.coords:
+            return []
+        wave = ds["wavelength"].variable
+        wcs = _wcs_wavelength(self.header, ds.sizes[self.spectral], 2 if self.transpose else 1)
+        if wave.ndim == 1 and wcs is not None and _same_bits(_values(wave), wcs):
+            self.written("wavelength")  # the primary header's WCS says it all
+            return []
+        return [self.wavela(fits.Header([("EXTNAME", _WAVELA)]))]
 
     def file_hdu(self, key: str, name: str) -> EncodedHDU:
         var = self.ds[name].variable
@@ -1220,8 +1332,8 @@ class _Writer:
             return self.fibres()
         stored = _header_of(var)
         if _is_table(stored):
-            self.done.add(name)
-            return self.table(stored, var.dims[0])
+            self.written(name)
+            return self.table(stored, var.dims[0], prefix=key)
         return self.image(name, "1")
 
 

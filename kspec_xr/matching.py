@@ -27,6 +27,7 @@ import numpy as np
 from numpy.polynomial import legendre
 from scipy import sparse
 
+from .photometry import ColourChi2
 from .resample import edges_from_centers, resample_matrix
 from .rv import C_KMS, parabola_peak, xcorr_velocity
 
@@ -44,6 +45,7 @@ class PreparedGrid:
     continuum: np.ndarray  # (T, L)
     params: np.ndarray  # (T, 3) teff, logg, mh
     mags: np.ndarray  # (T, B) synthetic AB mags of the surface flux
+    pairs: np.ndarray  # (k, 2) band indices of the colours used against the catalogue
 
     @property
     def dlnl(self) -> float:
@@ -100,29 +102,6 @@ def huber_rho(r: np.ndarray, k: float = HUBER_K) -> np.ndarray:
     return np.where(a <= k, 0.5 * r * r, k * (a - 0.5 * k))
 
 
-def colour_chi2(obs_mags, obs_errs, grid_mags, *, floor: float = 0.01) -> tuple[np.ndarray, int]:
-    """χ² of the star's colours (consecutive available bands) against every template.
-
-    Returns the (T,) χ² and the number of colours used.  Colours, not
-    magnitudes: the template's absolute level is unknown until it is scaled.
-    """
-    ok = np.isfinite(obs_mags) & np.isfinite(obs_errs) & np.all(np.isfinite(grid_mags), axis=0)
-    idx = np.flatnonzero(ok)
-    if idx.size < 2:
-        return np.zeros(grid_mags.shape[0]), 0
-    obs_col = obs_mags[idx[:-1]] - obs_mags[idx[1:]]
-    err_col = np.sqrt(obs_errs[idx[:-1]] ** 2 + obs_errs[idx[1:]] ** 2 + floor**2)
-    grid_col = grid_mags[:, idx[:-1]] - grid_mags[:, idx[1:]]
-    # neighbouring colours share a band: use the full covariance
-    n = idx.size - 1
-    cov = np.diag(err_col**2)
-    for j in range(n - 1):
-        cov[j, j + 1] = cov[j + 1, j] = -(obs_errs[idx[j + 1]] ** 2)
-    icov = np.linalg.inv(cov)
-    diff = grid_col - obs_col[None, :]
-    return np.einsum("ti,ij,tj->t", diff, icov, diff), n
-
-
 def _continuum_fit(wave, obs, ivar, pattern, *, degree: int = 12, iterations: int = 3):
     """Smooth curve c(λ) with obs ≈ c·pattern: weighted Legendre fit with σ-clipping."""
     x = 2.0 * (wave - wave[0]) / (wave[-1] - wave[0]) - 1.0
@@ -132,11 +111,14 @@ def _continuum_fit(wave, obs, ivar, pattern, *, degree: int = 12, iterations: in
     w = np.where(np.isfinite(ratio) & np.isfinite(w) & (pattern > 0.3), w, 0.0)
     ratio = np.where(w > 0, ratio, 0.0)
     vander = legendre.legvander(x, degree)
+    fit = np.zeros_like(ratio)
     for _ in range(iterations):
-        sw = np.sqrt(w)
-        coef, *_ = np.linalg.lstsq(vander * sw[:, None], ratio * sw, rcond=None)
+        # normal equations: (Vᵀ W V) a = Vᵀ W r, well conditioned for Legendre
+        # polynomials on [-1, 1]
+        vw = vander.T * w
+        coef = np.linalg.solve(vw @ vander + 1e-12 * np.eye(degree + 1) * w.sum(), vw @ ratio)
         fit = vander @ coef
-        resid = (ratio - fit) * sw
+        resid = (ratio - fit) * np.sqrt(w)
         good = w > 0
         scatter = 1.4826 * np.median(np.abs(resid[good])) if np.any(good) else 1.0
         w = np.where(np.abs(resid) < 3.0 * max(scatter, 1e-30), w, 0.0)
@@ -160,7 +142,7 @@ def _shifted_pattern(grid, wave_edges, rv, fine_model, fine_cont) -> np.ndarray:
     return ((op @ fine_model) / (op @ fine_cont))[:, None]
 
 
-def _refine(lattice, norm_t, mags_t, obs_norm, w, mags, errs, metric, inflate, start):
+def _refine(lattice, norm_t, mags_t, obs_norm, w, colours, metric, inflate, start):
     """Minimise the score over continuous (Teff, log g, [M/H]) around the best node.
 
     The model at a fractional lattice position is the multilinear mix of the
@@ -174,8 +156,7 @@ def _refine(lattice, norm_t, mags_t, obs_norm, w, mags, errs, metric, inflate, s
         used = weights > 0
         model = norm_t[:, used] @ weights[used]
         mix = weights[used] @ mags_t[used]
-        col, _ = colour_chi2(mags, errs, mix[None, :])
-        return _score(obs_norm, w, model[:, None], metric)[0] / inflate + col[0]
+        return _score(obs_norm, w, model[:, None], metric)[0] / inflate + colours(mix)[0, 0]
 
     edge_lo, edge_hi = lattice.min(axis=0), lattice.max(axis=0)
     best_x, best_value = start.astype(float), objective(start)
@@ -187,7 +168,7 @@ def _refine(lattice, norm_t, mags_t, obs_norm, w, mags, errs, metric, inflate, s
             start.astype(float),
             method="Powell",
             bounds=list(zip(lo, hi, strict=True)),
-            options={"xtol": 1e-3, "ftol": 1e-7},
+            options={"xtol": 1e-2, "ftol": 1e-5},
         )
         if result.fun < best_value:
             best_x, best_value = result.x, float(result.fun)
@@ -262,7 +243,8 @@ def fit_star(
     flux = np.where(ivar > 0, flux, 0.0)
     wave_edges = edges_from_centers(wave)
 
-    col_chi2, n_col = colour_chi2(mags, mag_errs, grid.mags[candidates])
+    colours = ColourChi2(mags, mag_errs, grid.pairs)
+    col_chi2, n_col = colours(grid.mags[candidates])[0], int(colours.n_colours[0])
 
     # 1. velocity from the templates closest in colour, on the ln λ grid
     order = np.argsort(col_chi2, kind="stable")[: max(1, n_xcorr)]
@@ -306,7 +288,7 @@ def fit_star(
         total = spec_score / inflate + col_chi2
         best_local = int(np.argmin(total))
         target, refined_score = _refine(
-            lattice, norm_t, grid.mags[candidates], obs_norm, w, mags, mag_errs, metric,
+            lattice, norm_t, grid.mags[candidates], obs_norm, w, colours, metric,
             inflate, lattice[best_local],
         )
         weights = _interp_weights(lattice, target)

@@ -42,6 +42,8 @@ __all__ = [
     "KNOWN_BANDS",
     "VEGA_TO_AB",
     "COLOUR_PAIRS",
+    "ColourChi2",
+    "colour_pair_indices",
     "TEFF_FLAGS",
     "filter_curve",
     "band_range",
@@ -512,6 +514,71 @@ def _synthetic_mags_xr(
 # --------------------------------------------------------------------------
 
 
+def colour_pair_indices(bands: Sequence[str], colours=None) -> np.ndarray:
+    """(k, 2) indices into ``bands`` of the colours (default :data:`COLOUR_PAIRS`) both present."""
+    index = {str(b): i for i, b in enumerate(bands)}
+    pairs = COLOUR_PAIRS if colours is None else colours
+    return np.array(
+        [[index[b], index[r]] for b, r in pairs if b in index and r in index], dtype=np.intp
+    ).reshape(-1, 2)
+
+
+class ColourChi2:
+    """χ² of observed colours against model magnitudes, the covariance built once.
+
+    Parameters
+    ----------
+    mags, errs : (s, B) arrays
+        Observed AB magnitudes and 1σ errors of ``s`` stars (NaN = missing).
+    pairs : (k, 2) int array
+        Band indices (blue, red) of the colours to use.
+    floor : float
+        Error floor added in quadrature to every colour, mag.
+
+    Notes
+    -----
+    Colours ``c = m_blue − m_red`` with covariance ``C = A diag(σ_m²) Aᵀ +
+    floor² I`` per star (A maps bands to colours, so colours sharing a band
+    are correlated); a model scores ``(c_obs − c_t)ᵀ C⁻¹ (c_obs − c_t)`` over
+    the star's available colours.  Colours, not magnitudes: a template's
+    absolute level is unknown until it is scaled.
+    """
+
+    def __init__(self, mags: np.ndarray, errs: np.ndarray, pairs, *, floor: float = 0.01):
+        pairs = np.asarray(pairs, dtype=int).reshape(-1, 2)
+        mags = np.atleast_2d(mags)
+        errs = np.atleast_2d(errs)
+        self.blue, self.red = pairs[:, 0], pairs[:, 1]
+        n_col = len(pairs)
+        obs_col = mags[:, self.blue] - mags[:, self.red]  # (s, k)
+        self.avail = (
+            np.isfinite(obs_col) & np.isfinite(errs[:, self.blue]) & np.isfinite(errs[:, self.red])
+        )
+        self.n_colours = self.avail.sum(axis=-1)
+        self.obs_col = obs_col
+        design = np.zeros((n_col, mags.shape[-1]))
+        design[np.arange(n_col), self.blue] = 1.0
+        design[np.arange(n_col), self.red] = -1.0
+        var = np.where(np.isfinite(errs), errs, 0.0) ** 2
+        cov = np.einsum("kb,sb,lb->skl", design, var, design) + floor**2 * np.eye(n_col)
+        pair_ok = self.avail[:, :, None] & self.avail[:, None, :]
+        cov = np.where(pair_ok, cov, np.eye(n_col))
+        self.inv = np.linalg.inv(cov) if n_col else cov
+
+    def __call__(self, model_mags: np.ndarray) -> np.ndarray:
+        """(t, B) model magnitudes → (s, t) χ² (inf where a model lacks a used colour)."""
+        model_mags = np.atleast_2d(model_mags)
+        model_col = model_mags[:, self.blue] - model_mags[:, self.red]  # (t, k)
+        resid = np.where(
+            self.avail[:, None, :], self.obs_col[:, None, :] - model_col[None, :, :], 0.0
+        )
+        missing = (self.avail[:, None, :] & ~np.isfinite(model_col)[None, :, :]).any(axis=-1)
+        resid = np.where(np.isfinite(resid), resid, 0.0)
+        chi2 = np.einsum("stk,skl,stl->st", resid, self.inv, resid)
+        chi2[missing] = np.inf
+        return chi2
+
+
 def _teff_from_colours_np(
     mags: np.ndarray,
     errs: np.ndarray,
@@ -530,30 +597,10 @@ def _teff_from_colours_np(
     shape = mags.shape[:-1]
     mags = mags.reshape(-1, mags.shape[-1])
     errs = errs.reshape(-1, errs.shape[-1])
-    n_star, n_col = mags.shape[0], len(pairs)
-    blue, red = pairs[:, 0], pairs[:, 1]
-
-    obs_col = mags[:, blue] - mags[:, red]  # (s, k)
-    avail = np.isfinite(obs_col) & np.isfinite(errs[:, blue]) & np.isfinite(errs[:, red])
-    n_colours = avail.sum(axis=-1)
-    grid_col = grid_mags[:, blue] - grid_mags[:, red]  # (t, k)
-
-    # Colour covariance per star: A diag(σ²) Aᵀ + floor² I (colours sharing a
-    # band are correlated); unavailable colours get a decoupled unit row.
-    design = np.zeros((n_col, mags.shape[-1]))
-    design[np.arange(n_col), blue] = 1.0
-    design[np.arange(n_col), red] = -1.0
-    var = np.where(np.isfinite(errs), errs, 0.0) ** 2
-    cov = np.einsum("kb,sb,lb->skl", design, var, design) + floor**2 * np.eye(n_col)
-    pair_ok = avail[:, :, None] & avail[:, None, :]
-    cov = np.where(pair_ok, cov, np.eye(n_col))
-    inv = np.linalg.inv(cov) if n_col else cov
-
-    resid = np.where(avail[:, None, :], obs_col[:, None, :] - grid_col[None, :, :], 0.0)
-    missing = (avail[:, None, :] & ~np.isfinite(grid_col)[None, :, :]).any(axis=-1)
-    resid = np.where(np.isfinite(resid), resid, 0.0)
-    chi2 = np.einsum("stk,skl,stl->st", resid, inv, resid)
-    chi2[missing] = np.inf
+    n_star = mags.shape[0]
+    metric = ColourChi2(mags, errs, pairs, floor=floor)
+    n_colours = metric.n_colours
+    chi2 = metric(grid_mags)
 
     # χ² profile over Teff: best template at each Teff node.
     order = np.argsort(grid_teff, kind="stable")

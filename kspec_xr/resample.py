@@ -118,7 +118,10 @@ def resample_matrix(
     a = dst[:-1, None]
     b = dst[1:, None]
     s = sig[:, None]
-    w = _psi(b - c, s) - _psi(b - d, s) - _psi(a - c, s) + _psi(a - d, s)
+    if np.any(sig > 0):
+        w = _psi(b - c, s) - _psi(b - d, s) - _psi(a - c, s) + _psi(a - d, s)
+    else:  # plain rebinning: the overlap of the two bins
+        w = np.minimum(b, d) - np.maximum(a, c)
     w = np.where(valid, np.clip(w, 0.0, None), 0.0)
     w /= w.sum(axis=1, keepdims=True)
     rows = np.broadcast_to(np.arange(n_dst)[:, None], cols.shape)
