@@ -325,3 +325,44 @@ def combine_calibrations(
     return add_history(
         out, f"combine_calibrations: inverse-variance mean, {sigma} sigma clip, smooth={smooth}"
     )
+
+
+def calibration_header(ds: xr.Dataset, /) -> xr.Dataset:
+    """Header cards and HISTORY lines that describe a finished calibration.
+
+    ``FLUXCAL = T``, ``FCALNSTR`` (standards used), ``FCALRMS`` (median
+    fractional RMS across standards over unmasked pixels, NaN with one star),
+    ``FCALMET`` (score), ``FCALGRID`` (template grid id), and one HISTORY line
+    per standard (fiber, name, Teff, log g, [M/H], RV, scale ± error, or why it
+    was not used).  Needs computed values: :func:`kspec_xr.write_red` applies
+    it to a calibrated exposure as it writes.
+    """
+    from .io import with_header_cards
+
+    reason = np.asarray(ds["standard_reason"].values).astype(str)
+    used = reason == ""
+    good = np.asarray(ds["calibration_mask"].values) == 0
+    rms = np.asarray(ds["calibration_rms"].values)[good]
+    rms = float(np.nanmedian(rms)) if np.any(np.isfinite(rms)) else float("nan")
+    out = with_header_cards(
+        ds,
+        FLUXCAL=(True, "flux calibrated with standard stars (kspec_xr)"),
+        FCALNSTR=(int(used.sum()), "standard stars used in the flux calibration"),
+        FCALRMS=(round(rms, 6) if np.isfinite(rms) else "NaN", "median fractional RMS across stars"),
+        FCALMET=(str(ds.attrs.get("fit_metric", "")), "template score (chi2|huber)"),
+        FCALGRID=(str(ds.attrs.get("template_grid_id", ""))[:60], "template grid id"),
+    )
+    lines = []
+    for k in range(ds.sizes["standard"]):
+        head = f"FCAL std {k}: fiber {int(ds['standard_fiber'].values[k])} {ds['standard_name'].values[k]}"
+        if not used[k]:
+            lines.append(f"{head} not used: {reason[k]}")
+            continue
+        scale = float(ds["scale"].values[k])
+        err = float(ds["scale_err"].values[k])
+        lines.append(
+            f"{head} Teff {float(ds['fit_teff'].values[k]):.0f} logg "
+            f"{float(ds['fit_logg'].values[k]):.2f} [M/H] {float(ds['fit_mh'].values[k]):+.2f} "
+            f"RV {float(ds['fit_rv'].values[k]):+.1f} km/s scale {scale:.4e} +- {err:.2e}"
+        )
+    return add_history(out, "\n".join(lines))

@@ -273,13 +273,18 @@ def fit_standards(
         units=str(prep["flux"].attrs.get("units", "erg/s/cm2/A")),
         long_name="best-fit model surface flux at the instrument resolution",
     )
+    # on the catalogue's bands (NaN where the grid does not cover a band)
+    model_mags = model_mags.assign_coords(band=bands).reindex(band=ds["band"].values)
     new["model_mag"] = model_mags.assign_attrs(
         units="mag", system="AB", long_name="synthetic magnitude of the model surface flux"
     )
     new["teff_colour"] = box["teff_colour"].assign_attrs(units="K")
     new["teff_lo"] = box["teff_lo"].assign_attrs(units="K")
     new["teff_hi"] = box["teff_hi"].assign_attrs(units="K")
-    out = ds.assign(new)
+    # bare arrays: the Dataset's own coordinates (with their attrs) stay as they are
+    out = ds.assign(
+        {name: var.drop_vars([c for c in var.coords if c != "band"]) for name, var in new.items()}
+    )
     out = out.assign_attrs(
         fit_metric=metric,
         fit_fwhm=str(fwhm),

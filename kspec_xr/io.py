@@ -56,7 +56,7 @@ import xarray as xr
 from astropy import units as u
 from astropy.io import fits
 
-from . import maskbits
+from . import __version__, maskbits
 from .errors import CatalogError, OutputExistsError, RedFileError
 from .fitsio_encode import (
     EncodedHDU,
@@ -357,9 +357,15 @@ class _LazyImage:
     def __getitem__(self, key):
         key = key if isinstance(key, tuple) else (key,)
         key = key + (slice(None),) * (self.ndim - len(key))
-        with fits.open(self.path, memmap=False, lazy_load_hdus=True) as hdul:
-            section = hdul[self.index].section
-            data = np.asarray(section[key[::-1] if self.transpose else key])
+        try:
+            with fits.open(self.path, memmap=False, lazy_load_hdus=True) as hdul:
+                section = hdul[self.index].section
+                data = np.asarray(section[key[::-1] if self.transpose else key])
+        except (OSError, IndexError, ValueError) as err:
+            raise RedFileError(
+                f"RED file {self.path}, HDU #{self.index}: cannot read it any more ({err}); "
+                "a lazily opened file must stay in place until computed"
+            ) from err
         return _native(data.T if self.transpose else data).astype(self.dtype, copy=False)
 
 
@@ -1029,12 +1035,8 @@ class _Writer:
             for part in textwrap.wrap(line, 72, break_on_hyphens=False) or [line]:
                 header.add_history(part)
         if lines:
-            import kspec_xr
-
             for keyword, package in _VERSION_CARDS.items():
-                header[keyword] = (
-                    kspec_xr.__version__ if package == "kspec_xr" else version(package)
-                )
+                header[keyword] = __version__ if package == "kspec_xr" else version(package)
         extra = self.extra_attrs()
         if extra:
             header[_ATTRS_CARD] = encode_attrs(extra, "attrs")
@@ -1049,7 +1051,7 @@ class _Writer:
         ds_extra = {k: v for k, v in self.ds.attrs.items() if k not in _MANAGED_DS}
         if ds_extra:
             extra[""] = ds_extra
-        for name in self.file_vars:
+        for name in (n for n in self.ds.variables if n in self.file_vars):
             more = {k: v for k, v in self.ds[name].attrs.items() if k not in _MANAGED}
             if more:
                 extra[name] = more
@@ -1173,8 +1175,7 @@ class _Writer:
         return values.astype(stored.dtype, copy=False)
 
     def fibres(self) -> EncodedHDU:
-        key = self.ds["fiber"].attrs.get(HDU_ATTR) if "fiber" in self.ds.coords else None
-        if key is not None:
+        if self.carriers.get(_FIBRES) == "fiber":
             self.written("fiber")
             return self.table(_header_of(self.ds["fiber"].variable), "fiber")
         if "fiber_type" not in self.ds.coords:
@@ -1431,7 +1432,10 @@ def write_red(ds: xr.Dataset, path, *, overwrite: bool = False) -> Path:
     -----
     The file is written to a temporary file in the destination folder and
     renamed into place, so a failure never leaves a partial file.  The flux
-    ``units`` become ``BUNIT``; ``attrs["history"]`` lines become ``HISTORY``
+    ``units`` become ``BUNIT``; a flux-calibrated exposure gets its summary
+    cards (``FLUXCAL``, ``FCALNSTR``, ``FCALRMS``, one ``HISTORY`` line per
+    standard; :func:`kspec_xr.calibration.calibration_header`);
+    ``attrs["history"]`` lines become ``HISTORY``
     cards followed by ``HIERARCH KSPECXR VERSION`` (and the xarray, astropy
     and NumPy versions) — only when there are such lines, so an unprocessed
     Dataset writes back its input exactly.
@@ -1445,6 +1449,11 @@ def write_red(ds: xr.Dataset, path, *, overwrite: bool = False) -> Path:
         raise TypeError(f"write_red needs an xarray.Dataset, not {type(ds).__name__}")
     dest = _output_file(path, overwrite)
     computed = ds.compute()  # one dask compute for every lazy variable
+    if "calibration" in computed and "standard_reason" in computed:
+        if primary_header(computed).get("FLUXCAL") is not True:  # not yet described
+            from .calibration import calibration_header
+
+            computed = calibration_header(computed)
     hdus = _Writer(computed).hdus()
     _write_atomically(dest, hdus, overwrite)
     return dest

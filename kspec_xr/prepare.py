@@ -23,7 +23,7 @@ import numpy as np
 import xarray as xr
 
 from ._paths import cache_dir
-from .errors import TemplateError
+from .errors import CalibrationError, TemplateError
 from .resample import SIGMA_PER_FWHM, edges_from_centers, resample_matrix
 from .rv import C_KMS
 
@@ -74,7 +74,7 @@ def fwhm_at(fwhm: FWHM, wavelength: np.ndarray) -> np.ndarray:
         out = np.polynomial.polynomial.polyval(lam, np.asarray(fwhm, dtype=float))
     out = np.broadcast_to(out, lam.shape)
     if not np.all(np.isfinite(out)) or np.any(out <= 0):
-        raise ValueError(
+        raise CalibrationError(
             f"the instrument FWHM must be positive over {lam.min():.0f}-{lam.max():.0f} Å; "
             "give a constant in Å (e.g. fwhm=2.5) or polynomial coefficients in λ"
         )

@@ -11,6 +11,7 @@ the truth (throughput, true spectra, stellar parameters, radial velocities).
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,18 +50,31 @@ class SimulatedExposure:
     catalog_path: Path | None = None
 
 
-def raise_if_dask_computes():
-    """Context manager: any dask compute inside it raises ``RuntimeError``.
+@contextlib.contextmanager
+def raise_if_dask_computes(max_computes: int = 0):
+    """Context manager: more than ``max_computes`` dask computes inside it raise.
+
+    The pattern of ``xarray/tests/__init__.py``: a scheduler that counts its
+    calls (and runs the graph synchronously while allowed).
 
     >>> with raise_if_dask_computes():      # doctest: +SKIP
     ...     lazy = ds.pipe(stage)
     """
     import dask
 
-    def _scheduler(dsk, keys, **kwargs):
-        raise RuntimeError("a dask compute was triggered where the result should stay lazy")
+    calls = 0
 
-    return dask.config.set(scheduler=_scheduler)
+    def scheduler(dsk, keys, **kwargs):
+        nonlocal calls
+        calls += 1
+        if calls > max_computes:
+            raise RuntimeError(
+                f"dask computed {calls} times where at most {max_computes} was allowed"
+            )
+        return dask.get(dsk, keys, **kwargs)
+
+    with dask.config.set(scheduler=scheduler):
+        yield
 
 
 def throughput_curve(wavelength: np.ndarray, *, seed: int = 0, peak: float = 1.0) -> np.ndarray:

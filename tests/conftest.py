@@ -2,38 +2,17 @@
 
 from __future__ import annotations
 
-import contextlib
-
-import dask
 import numpy as np
 import pytest
 from astropy.io import fits
 
-
-@contextlib.contextmanager
-def _raise_if_dask_computes(max_computes: int = 0):
-    """Fail if dask computes more than ``max_computes`` times inside the block.
-
-    The pattern of ``xarray/tests/__init__.py``: a scheduler that counts
-    calls and raises.  Candidate for ``kspec_xr.testing``.
-    """
-    calls = 0
-
-    def scheduler(dsk, keys, **kwargs):
-        nonlocal calls
-        calls += 1
-        if calls > max_computes:
-            raise RuntimeError(f"dask computed {calls} times; at most {max_computes} allowed")
-        return dask.get(dsk, keys, **kwargs)
-
-    with dask.config.set(scheduler=scheduler):
-        yield
+from kspec_xr import testing
 
 
 @pytest.fixture(scope="session")
 def raise_if_dask_computes():
-    """The context manager ``raise_if_dask_computes(max_computes=0)``."""
-    return _raise_if_dask_computes
+    """The context manager ``kspec_xr.testing.raise_if_dask_computes(max_computes=0)``."""
+    return testing.raise_if_dask_computes
 
 
 def build_red_hdulist(

@@ -201,3 +201,27 @@ def test_unmatched_standard_is_kept_and_flagged(sim, tmp_path):
     assert out["catalog_row"].values[2] == -1
     assert "no catalogue star" in out["standard_reason"].values[2]
     assert np.all(out["standard_reason"].values[[0, 1, 3, 4, 5]] == "")
+
+
+def test_coordinates_keep_their_attributes(calibrated, sim):
+    for name in ("wavelength", "fiber", "fiber_type", "ra", "dec"):
+        assert calibrated[name].attrs == sim.red[name].attrs, name
+    assert calibrated["wavelength"].attrs["units"] == "Angstrom"
+
+
+def test_written_file_describes_the_calibration(calibrated, tmp_path):
+    path = kx.write_red(calibrated, tmp_path / "fcal.fits")
+    back = kx.open_red(path)
+    header = kx.io.primary_header(back)
+    assert header["BUNIT"] == "erg/cm2/s/A"
+    assert header["FLUXCAL"] is True
+    assert header["FCALNSTR"] == 6
+    assert 0 < header["FCALRMS"] < 0.2
+    history = "\n".join(str(h) for h in header["HISTORY"])
+    assert history.count("FCAL std") == 6
+    assert "fit_standards" in history and "apply_calibration" in history
+    for name in ("calibration", "calibration_variance", "fit_teff", "std_calibration"):
+        np.testing.assert_allclose(back[name].values, calibrated[name].values, rtol=1e-12)
+    # writing the re-read file again does not repeat the description
+    again = kx.io.primary_header(kx.open_red(kx.write_red(back, tmp_path / "again.fits")))
+    assert "\n".join(str(h) for h in again["HISTORY"]).count("FCAL std") == 6

@@ -209,6 +209,7 @@ def test_round_trip_property(red, checksum):
         # FITS -> Dataset -> FITS
         written = write_red(ds, Path(folder) / "out.fits")
         assert_fits_identical(source, written)
+        assert written.read_bytes() == source.read_bytes()  # astropy-written input: bytes too
         if checksum:
             with warnings.catch_warnings():
                 warnings.simplefilter("error")
@@ -325,6 +326,13 @@ def test_chunked_equals_eager_without_computing(tmp_path, make_red, raise_if_das
     with raise_if_dask_computes(max_computes=1):  # the writer computes once
         written = write_red(lazy, tmp_path / "out.fits")
     assert_fits_identical(source, written)
+
+
+def test_lazy_file_removed_before_compute(tmp_path, red_path):
+    lazy = open_red(red_path, chunks=3)
+    red_path.unlink()
+    with pytest.raises(RedFileError, match="run1_red.fits.*cannot read it any more"):
+        lazy.compute()
 
 
 @pytest.mark.parametrize(
