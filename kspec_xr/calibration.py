@@ -348,7 +348,10 @@ def calibration_header(ds: xr.Dataset, /) -> xr.Dataset:
         ds,
         FLUXCAL=(True, "flux calibrated with standard stars (kspec_xr)"),
         FCALNSTR=(int(used.sum()), "standard stars used in the flux calibration"),
-        FCALRMS=(round(rms, 6) if np.isfinite(rms) else "NaN", "median fractional RMS across stars"),
+        FCALRMS=(
+            round(rms, 6) if np.isfinite(rms) else "NaN",
+            "median fractional RMS across stars",
+        ),
         FCALMET=(str(ds.attrs.get("fit_metric", "")), "template score (chi2|huber)"),
         FCALGRID=(str(ds.attrs.get("template_grid_id", ""))[:60], "template grid id"),
     )

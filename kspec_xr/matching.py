@@ -288,8 +288,15 @@ def fit_star(
         total = spec_score / inflate + col_chi2
         best_local = int(np.argmin(total))
         target, refined_score = _refine(
-            lattice, norm_t, grid.mags[candidates], obs_norm, w, colours, metric,
-            inflate, lattice[best_local],
+            lattice,
+            norm_t,
+            grid.mags[candidates],
+            obs_norm,
+            w,
+            colours,
+            metric,
+            inflate,
+            lattice[best_local],
         )
         weights = _interp_weights(lattice, target)
         pattern = norm_t @ weights
@@ -311,7 +318,9 @@ def fit_star(
     for shrink in (1.0, 0.25):  # a parabola over ±1 pixel, then over ±1/4 pixel
         step = step_v * shrink
         chi = [
-            _score(obs_norm, w, _shifted_pattern(grid, wave_edges, v, fine_model, fine_cont), "chi2")[0]
+            _score(
+                obs_norm, w, _shifted_pattern(grid, wave_edges, v, fine_model, fine_cont), "chi2"
+            )[0]
             for v in rv + step * np.array([-1.0, 0.0, 1.0])
         ]
         rv = float(rv + step * parabola_peak(*chi))

@@ -70,15 +70,26 @@ def test_no_standard_fiber(sim, tmp_path, capsys):
         hdul["FIBRES"].data["TYPE"][hdul["FIBRES"].data["TYPE"] == "C"] = "P"
         bad = tmp_path / "nostd.fits"
         hdul.writeto(bad)
-    code = main(["fluxcal", str(bad), "--catalog", str(sim.catalog_path), "-o", str(tmp_path / "o.fits")])
+    code = main(
+        ["fluxcal", str(bad), "--catalog", str(sim.catalog_path), "-o", str(tmp_path / "o.fits")]
+    )
     assert code == 2
     assert "TYPE='C'" in capsys.readouterr().err
 
 
 def test_debug_shows_the_traceback(sim, tmp_path):
     with pytest.raises(kx.CatalogError):
-        main(["--debug", "fluxcal", str(sim.red_path), "--catalog", "missing.csv",
-              "-o", str(tmp_path / "o.fits")])
+        main(
+            [
+                "--debug",
+                "fluxcal",
+                str(sim.red_path),
+                "--catalog",
+                "missing.csv",
+                "-o",
+                str(tmp_path / "o.fits"),
+            ]
+        )
 
 
 def test_apply_fluxcal_in_place(sim, tmp_path):
@@ -86,8 +97,13 @@ def test_apply_fluxcal_in_place(sim, tmp_path):
     path.write_bytes(sim.red_path.read_bytes())
     assert kx.apply_fluxcal(path, {"CALIBFLUX": False}) is False
     assert _digest(path) == _digest(sim.red_path)
-    args = {"CALIBFLUX": True, "CALIBFLUX_CATALOG": str(sim.catalog_path),
-            "CALIBFLUX_FWHM": None, "CALIBFLUX_METRIC": "chi2", "CALIBFLUX_SMOOTH": "false"}
+    args = {
+        "CALIBFLUX": True,
+        "CALIBFLUX_CATALOG": str(sim.catalog_path),
+        "CALIBFLUX_FWHM": None,
+        "CALIBFLUX_METRIC": "chi2",
+        "CALIBFLUX_SMOOTH": "false",
+    }
     assert kx.apply_fluxcal(path, args) is True
     out = kx.open_red(path)
     assert kx.primary_header(out)["FLUXCAL"] is True
