@@ -10,6 +10,7 @@ colours, and runs the per-star kernel over the ``standard`` dimension with
 from __future__ import annotations
 
 import os
+from collections import OrderedDict
 
 import numpy as np
 import xarray as xr
@@ -81,7 +82,17 @@ def resolve_templates(templates, wavelength, fwhm, *, cache=True) -> xr.Dataset:
     return prepare_templates(templates, wavelength, fwhm, cache=cache)
 
 
+#: kernel-ready grids of recently used prepared grids, by (cache key, [α/M]):
+#: every exposure of a night shares one setup, so a worker builds it once
+_GRIDS: OrderedDict = OrderedDict()
+_GRIDS_KEPT = 2
+
+
 def _grid_arrays(prep: xr.Dataset, alpha: float) -> tuple[PreparedGrid, np.ndarray]:
+    key = (prep.attrs.get("cache_key"), float(alpha))
+    if key[0] and key in _GRIDS:
+        _GRIDS.move_to_end(key)
+        return _GRIDS[key]
     alphas = (
         np.asarray(prep["alpha"].values)
         if "alpha" in prep.coords
@@ -97,7 +108,12 @@ def _grid_arrays(prep: xr.Dataset, alpha: float) -> tuple[PreparedGrid, np.ndarr
         params=np.stack([sub[p].values for p in ("teff", "logg", "mh")], axis=1).astype(float),
         mags=np.asarray(sub["mags"].values, dtype=float),
         pairs=colour_pair_indices([str(b) for b in sub["band"].values]),
+        oversample=int(prep.attrs.get("oversample", 1)),
     )
+    if key[0]:
+        _GRIDS[key] = (grid, keep)
+        while len(_GRIDS) > _GRIDS_KEPT:
+            _GRIDS.popitem(last=False)
     return grid, keep
 
 

@@ -22,6 +22,7 @@ For one star (observed counts on the exposure's pixels) and a prepared grid
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 from numpy.polynomial import legendre
@@ -31,36 +32,83 @@ from .photometry import ColourChi2
 from .resample import edges_from_centers, resample_matrix
 from .rv import C_KMS, parabola_peak, xcorr_velocity
 
-__all__ = ["PreparedGrid", "StarFit", "fit_star", "huber_rho"]
+__all__ = ["PreparedGrid", "StarFit", "Scorer", "fit_star", "huber_rho"]
 
 HUBER_K = 1.345  # Huber's constant for 95 % efficiency on Gaussian data
 
 
-@dataclass
 class PreparedGrid:
-    """The arrays of a prepared grid that the kernels need (see prepare_templates)."""
+    """The arrays of a prepared grid that the kernels need (see prepare_templates).
 
-    loglam: np.ndarray  # (L,) ln λ of the working grid
-    flux: np.ndarray  # (T, L) at the instrument resolution
-    continuum: np.ndarray  # (T, L)
-    params: np.ndarray  # (T, 3) teff, logg, mh
-    mags: np.ndarray  # (T, B) synthetic AB mags of the surface flux
-    pairs: np.ndarray  # (k, 2) band indices of the colours used against the catalogue
+    Built once per (prepared grid, [α/M]) and reused for every star and
+    exposure; the derived arrays are computed on first use.
+    """
+
+    def __init__(self, loglam, flux, continuum, params, mags, pairs, oversample: int = 1):
+        self.loglam = np.asarray(loglam, dtype=float)  # (L,) ln λ of the working grid
+        self.flux = np.asarray(flux, dtype=float)  # (T, L) at the instrument resolution
+        self.continuum = np.asarray(continuum, dtype=float)  # (T, L)
+        self.params = np.asarray(params, dtype=float)  # (T, 3) teff, logg, mh
+        self.mags = np.asarray(mags, dtype=float)  # (T, B) synthetic AB mags
+        self.pairs = np.asarray(pairs)  # (k, 2) band indices of the colours used
+        self.oversample = int(oversample)  # working pixels per exposure pixel
 
     @property
     def dlnl(self) -> float:
         return float(self.loglam[1] - self.loglam[0])
 
-    @property
+    @cached_property
     def edges(self) -> np.ndarray:
         return edges_from_centers(np.exp(self.loglam))
 
-    @property
+    @cached_property
+    def norm(self) -> np.ndarray:
+        """(T, L) templates divided by their own continuum."""
+        return self.flux / self.continuum
+
+    @cached_property
+    def log_continuum(self) -> np.ndarray:
+        return np.log(self.continuum)
+
+    @cached_property
+    def _columns(self) -> np.ndarray:
+        """(L, 2T) flux and continuum as columns, for one sparse product per rebinning."""
+        return np.ascontiguousarray(np.concatenate([self.flux, self.continuum]).T)
+
+    def rebin(self, wave_edges: np.ndarray, rv: float) -> tuple[np.ndarray, np.ndarray]:
+        """(P, T) flux and continuum of every template at velocity ``rv`` on the given pixels."""
+        both = _rebin_operator(self, wave_edges, rv) @ self._columns
+        n = self.flux.shape[0]
+        return both[:, :n], both[:, n:]
+
+    def binned(self, factor: int) -> PreparedGrid:
+        """The grid with ``factor`` working pixels averaged into one (for scoring)."""
+        if factor <= 1:
+            return self
+        n = (self.loglam.size // factor) * factor
+
+        def mean(a):
+            return a[..., :n].reshape(*a.shape[:-1], n // factor, factor).mean(-1)
+
+        lam = np.exp(self.loglam[:n]).reshape(-1, factor)
+        centres = np.log(np.sqrt(lam[:, 0] * lam[:, -1]))
+        coarse = PreparedGrid(
+            centres, mean(self.flux), mean(self.continuum), self.params, self.mags, self.pairs
+        )
+        coarse.__dict__.update(lattice=self.lattice, axes=self.axes)  # shared
+        return coarse
+
+    @cached_property
+    def scoring(self) -> PreparedGrid:
+        """Binned to about one exposure pixel: enough to rank templates, 3× cheaper."""
+        return self.binned(self.oversample)
+
+    @cached_property
     def axes(self) -> list[np.ndarray]:
         """The distinct node values of Teff, log g and [M/H]."""
         return [np.unique(self.params[:, k]) for k in range(self.params.shape[1])]
 
-    @property
+    @cached_property
     def lattice(self) -> np.ndarray:
         """(T, 3) node index of every template along each parameter axis."""
         return np.stack(
@@ -131,18 +179,13 @@ def _rebin_operator(grid: PreparedGrid, wave_edges: np.ndarray, rv: float) -> sp
     return resample_matrix(shifted, wave_edges, 0.0)
 
 
-def oversample_step(grid: PreparedGrid, wave: np.ndarray) -> float:
-    """Working-grid pixels per exposure pixel (at the exposure's finest ln λ sampling)."""
-    return float(np.min(np.diff(np.log(wave)))) / grid.dlnl
-
-
 def _shifted_pattern(grid, wave_edges, rv, fine_model, fine_cont) -> np.ndarray:
-    """(P, 1) normalised model at velocity ``rv`` on the exposure's pixels."""
+    """(P,) normalised model at velocity ``rv`` on the exposure's pixels."""
     op = _rebin_operator(grid, wave_edges, rv)
-    return ((op @ fine_model) / (op @ fine_cont))[:, None]
+    return (op @ fine_model) / (op @ fine_cont)
 
 
-def _refine(lattice, norm_t, mags_t, obs_norm, w, colours, metric, inflate, start):
+def _refine(lattice, norm_t, mags_t, scorer, colours, inflate, start):
     """Minimise the score over continuous (Teff, log g, [M/H]) around the best node.
 
     The model at a fractional lattice position is the multilinear mix of the
@@ -156,7 +199,7 @@ def _refine(lattice, norm_t, mags_t, obs_norm, w, colours, metric, inflate, star
         used = weights > 0
         model = norm_t[:, used] @ weights[used]
         mix = weights[used] @ mags_t[used]
-        return _score(obs_norm, w, model[:, None], metric)[0] / inflate + colours(mix)[0, 0]
+        return scorer(model) / inflate + colours(mix)[0, 0]
 
     edge_lo, edge_hi = lattice.min(axis=0), lattice.max(axis=0)
     best_x, best_value = start.astype(float), objective(start)
@@ -254,7 +297,7 @@ def fit_star(
     obs_on_log = np.interp(lam_work, wave, flux)
     w_on_log = np.interp(lam_work, wave, (ivar > 0).astype(float)) > 0.999
     w_on_log &= inside
-    ref_norm = grid.flux[refs] / grid.continuum[refs]
+    ref_norm = grid.norm[refs]
     obs_cont = _continuum_fit(
         lam_work[inside], obs_on_log[inside], w_on_log[inside].astype(float), ref_norm[0][inside]
     )
@@ -266,10 +309,8 @@ def fit_star(
     rv = float(np.median(velocity))
 
     # 2.-3. every candidate on the exposure's pixels, normalised, scored
-    op = _rebin_operator(grid, wave_edges, rv)
-    models = np.asarray(op @ grid.flux[candidates].T, dtype=float)  # (P, C)
-    conts = np.asarray(op @ grid.continuum[candidates].T, dtype=float)
-    norm_t = models / conts
+    models, conts = grid.scoring.rebin(wave_edges, rv)  # (P, T): one sparse product
+    norm_t = models[:, candidates] / conts[:, candidates]
     lattice = grid.lattice[candidates]
     pattern = norm_t[:, int(order[0])]
     for _ in range(iterations):
@@ -280,23 +321,16 @@ def fit_star(
             obs_norm = flux / obs_cont
             var_norm = np.where(ivar > 0, 1.0 / (ivar * obs_cont**2), np.inf)
             w = np.where(obs_cont > 0, 1.0 / (var_norm + model_error**2), 0.0)
-        spec_score = _score(obs_norm, w, norm_t, metric)
+        scorer = Scorer(obs_norm, w, metric)
+        spec_score = scorer(norm_t)
         best_local = int(np.argmin(spec_score))
         dof = max(n_good - 13, 1)
-        chi2_red = float(_score(obs_norm, w, norm_t[:, [best_local]], "chi2")[0] / dof)
+        chi2_red = float(Scorer(obs_norm, w, "chi2")(norm_t[:, best_local]) / dof)
         inflate = max(1.0, chi2_red)
         total = spec_score / inflate + col_chi2
         best_local = int(np.argmin(total))
         target, refined_score = _refine(
-            lattice,
-            norm_t,
-            grid.mags[candidates],
-            obs_norm,
-            w,
-            colours,
-            metric,
-            inflate,
-            lattice[best_local],
+            lattice, norm_t, grid.mags[candidates], scorer, colours, inflate, lattice[best_local]
         )
         weights = _interp_weights(lattice, target)
         pattern = norm_t @ weights
@@ -310,17 +344,16 @@ def fit_star(
     # between nodes: continuum interpolated in log (Planck-like shapes mix
     # geometrically), line pattern linearly; magnitudes linearly (= log flux)
     nodes = candidates[used]
-    fine_cont = np.exp(weights[used] @ np.log(grid.continuum[nodes]))
-    fine_model = fine_cont * (weights[used] @ (grid.flux[nodes] / grid.continuum[nodes]))
+    fine_cont = np.exp(weights[used] @ grid.log_continuum[nodes])
+    fine_model = fine_cont * (weights[used] @ grid.norm[nodes])
     model_mags = weights[used] @ grid.mags[nodes]
 
-    step_v = C_KMS * grid.dlnl * oversample_step(grid, wave)
+    scorer_chi2 = Scorer(obs_norm, w, "chi2")
+    step_v = C_KMS * grid.dlnl * grid.oversample
     for shrink in (1.0, 0.25):  # a parabola over ±1 pixel, then over ±1/4 pixel
         step = step_v * shrink
         chi = [
-            _score(
-                obs_norm, w, _shifted_pattern(grid, wave_edges, v, fine_model, fine_cont), "chi2"
-            )[0]
+            scorer_chi2(_shifted_pattern(grid, wave_edges, v, fine_model, fine_cont))
             for v in rv + step * np.array([-1.0, 0.0, 1.0])
         ]
         rv = float(rv + step * parabola_peak(*chi))
@@ -344,15 +377,28 @@ def fit_star(
     )
 
 
-def _score(obs_norm: np.ndarray, w: np.ndarray, templates: np.ndarray, metric: str) -> np.ndarray:
-    """Σ w (obs − t)² (chi2) or Σ ρ_Huber((obs − t)·√w) (huber) for every column of templates."""
-    if metric == "chi2":
-        # expand the square: three matrix-vector products instead of a (P, C) residual array
-        a = np.sum(w * obs_norm**2)
-        b = (w * obs_norm) @ templates
-        c = w @ templates**2
-        return a - 2.0 * b + c
-    if metric == "huber":
-        resid = (obs_norm[:, None] - templates) * np.sqrt(w)[:, None]
+class Scorer:
+    """Scores of model spectra against one continuum-normalised star.
+
+    ``chi2``: Σ w (obs − m)²; ``huber``: 2 Σ ρ_Huber((obs − m)·√w).  The
+    star's terms are computed once; a model costs two dot products (χ²).
+    """
+
+    def __init__(self, obs_norm: np.ndarray, w: np.ndarray, metric: str):
+        if metric not in ("chi2", "huber"):
+            raise ValueError(f"metric must be 'chi2' or 'huber', not {metric!r}")
+        self.metric = metric
+        self.obs = obs_norm
+        self.w = w
+        self.wo = w * obs_norm
+        self.a = float(np.sum(self.wo * obs_norm))
+        self.sw = np.sqrt(w)
+
+    def __call__(self, models: np.ndarray) -> np.ndarray:
+        """(P,) → scalar, or (P, C) → (C,)."""
+        if self.metric == "chi2":
+            # the square expanded: matrix-vector products, no (P, C) residual array
+            return self.a - 2.0 * (self.wo @ models) + self.w @ (models * models)
+        resid = (self.obs if models.ndim == 1 else self.obs[:, None]) - models
+        resid = resid * (self.sw if models.ndim == 1 else self.sw[:, None])
         return 2.0 * np.sum(huber_rho(resid), axis=0)
-    raise ValueError(f"metric must be 'chi2' or 'huber', not {metric!r}")

@@ -293,9 +293,12 @@ def prepare_templates(
         folder = cache_dir("prepared") if cache is True else Path(cache)
         key = _cache_key(grid, wave, fwhm_pix, vmax, oversample)
         path = Path(folder) / f"prepared-{key}.nc"
+        loaded = _MEMORY.get(path)
+        if loaded is not None and path.exists():
+            return loaded
         if path.exists():
             try:
-                return xr.load_dataset(path)
+                return _remember(path, xr.load_dataset(path))
             except Exception:  # a damaged cache entry is rebuilt, never trusted
                 path.unlink(missing_ok=True)
 
@@ -318,6 +321,20 @@ def prepare_templates(
     if path is not None:
         prepared.attrs["cache_key"] = path.stem
         _atomic_netcdf(prepared, path)
+        _remember(path, prepared)
+    return prepared
+
+
+#: the prepared grids this process loaded last (a night's exposures share a setup)
+_MEMORY: dict[Path, xr.Dataset] = {}
+_MEMORY_KEPT = 2
+
+
+def _remember(path: Path, prepared: xr.Dataset) -> xr.Dataset:
+    _MEMORY.pop(path, None)
+    _MEMORY[path] = prepared
+    while len(_MEMORY) > _MEMORY_KEPT:
+        _MEMORY.pop(next(iter(_MEMORY)))
     return prepared
 
 
