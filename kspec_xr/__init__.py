@@ -55,6 +55,7 @@ _LAZY = {
     "apply_calibration": "apply",
     "flux_calibrate": "pipeline",
     "apply_fluxcal": "pipeline",
+    "plot_calibration": "qc",
     "calibrate_many": "distributed",
 }
 

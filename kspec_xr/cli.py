@@ -39,6 +39,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("input", help="RED file (2dfdr layout)")
     p.add_argument("-o", "--output", required=True, help="calibrated RED file to write")
     p.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
+    p.add_argument("--qc-plot", metavar="PNG", help="save the QC figure of the calibration")
     _add_calibration_options(p)
 
     p = sub.add_parser(
@@ -82,6 +83,10 @@ def _fluxcal(args) -> int:
         smooth=args.smooth,
     ).compute()
     write_red(out, output, overwrite=args.overwrite)
+    if args.qc_plot:
+        from .qc import plot_calibration
+
+        plot_calibration(out, args.qc_plot)
     n_used = int((out["standard_reason"] == "").sum())
     print(f"{args.input} -> {output}: {n_used}/{out.sizes['standard']} standards used")
     return 0

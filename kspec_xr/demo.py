@@ -90,6 +90,11 @@ def run_demo(directory: str | Path = "kspec_xr_demo", *, seed: int = 1, echo=pri
     result = folder / "demored_fcal.fits"
     write_red(out, result, overwrite=True)
     echo(f"calibrated exposure: {result}")
+    from .qc import plot_calibration, standards_table
+
+    echo(standards_table(out))
+    plot_calibration(out, folder / "demo_qc.png")
+    echo(f"QC figure: {folder / 'demo_qc.png'}")
     report = accuracy_report(out, sim.truth)
     echo("accuracy against the simulation's truth:")
     echo(f"  standards used                      {report['n_standards_used']}")

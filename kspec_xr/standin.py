@@ -88,7 +88,8 @@ DEFAULT_GRID = {
     # 0.25 dex like the real BOSZ 2024 grid: coarser steps interpolate poorly
     "mh": tuple(np.round(np.arange(-2.0, 0.51, 0.25), 2).tolist()),
     "alpha": (0.0,),
-    "wave_range": (3000.0, 11500.0),
+    # a little below 3000 Å: the Gaia G curve is tabulated from 2999.99 Å
+    "wave_range": (2950.0, 11500.0),
 }
 
 # vacuum wavelengths (Angstrom) of H alpha ... H10
@@ -431,7 +432,7 @@ def write_standin_grid(
         Grid nodes; every combination is written.
     resolution : int, default 10000
         Resolving power R (file names, line broadening and wavelength grid).
-    wave_range : (float, float), default (3000, 11500)
+    wave_range : (float, float), default (2950, 11500)
         The archive's shared grid (:func:`bosz_wavelength`) trimmed to this
         range (Å); the real files cover 500–320 000 Å.
     layout : {"archive", "flat"}
@@ -524,7 +525,7 @@ def standin_grid_path(*, resolution: int = 10000) -> Path:
     """The bundled default template grid: a stand-in BOSZ archive, generated once.
 
     The grid (:data:`DEFAULT_GRID`: Teff 5000–8000 K in 250 K steps, log g
-    3.5–5.0, [M/H] −2 … +0.5, [α/M] = 0, 3000–11500 Å) is written on first use
+    3.5–5.0, [M/H] −2 … +0.5, [α/M] = 0, 2950–11500 Å) is written on first use
     into ``kspec_xr._paths.cache_dir()/standin-<key>``, where ``<key>`` hashes
     this module's source and the grid parameters, so a change of the generator
     builds a new grid.

@@ -256,7 +256,7 @@ def make_exposure(
     # --- standards: native spectra, magnitudes, observed-resolution spectra --
     std_idx = np.flatnonzero(types == "C")
     native = bosz_wavelength(10000)
-    native = native[(native >= 2990.0) & (native <= 11600.0)]
+    native = native[(native >= 2940.0) & (native <= 11600.0)]
     native_edges = edges_from_centers(native)
     sigma = np.sqrt(np.maximum(fwhm**2 - (lam / 10000.0) ** 2, 0.0)) / SIGMA_PER_FWHM
     to_pixels = resample_matrix(native_edges, pix_edges, sigma)

@@ -24,8 +24,21 @@ def _digest(path):
 def test_fluxcal_writes_a_calibrated_file(sim, tmp_path, capsys):
     before = _digest(sim.red_path)
     out = tmp_path / "out.fits"
-    code = main(["fluxcal", str(sim.red_path), "--catalog", str(sim.catalog_path), "-o", str(out)])
+    png = tmp_path / "qc.png"
+    code = main(
+        [
+            "fluxcal",
+            str(sim.red_path),
+            "--catalog",
+            str(sim.catalog_path),
+            "-o",
+            str(out),
+            "--qc-plot",
+            str(png),
+        ]
+    )
     assert code == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "4/4 standards used" in capsys.readouterr().out
     assert _digest(sim.red_path) == before  # input untouched
     header = kx.primary_header(kx.open_red(out))
