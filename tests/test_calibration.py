@@ -225,3 +225,10 @@ def test_written_file_describes_the_calibration(calibrated, tmp_path):
     # writing the re-read file again does not repeat the description
     again = kx.io.primary_header(kx.open_red(kx.write_red(back, tmp_path / "again.fits")))
     assert "\n".join(str(h) for h in again["HISTORY"]).count("FCAL std") == 6
+
+
+def test_calibrated_dataset_round_trips_through_netcdf(calibrated, tmp_path):
+    path = tmp_path / "out.nc"
+    calibrated.to_netcdf(path)
+    with xr.open_dataset(path) as back:
+        xr.testing.assert_identical(back.load(), calibrated)
