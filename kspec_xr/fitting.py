@@ -117,6 +117,21 @@ def _grid_arrays(prep: xr.Dataset, alpha: float) -> tuple[PreparedGrid, np.ndarr
     return grid, keep
 
 
+def _teff_candidates(teff: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """Templates whose Teff lies in the box widened to the grid nodes that bracket it.
+
+    The refinement interpolates between nodes, so the nodes just outside the
+    colour box must be candidates too, or a star near the box edge is pinned
+    to the last node inside it.
+    """
+    nodes = np.unique(teff)
+    below = nodes[nodes <= lo]
+    above = nodes[nodes >= hi]
+    first = below[-1] if below.size else nodes[0]
+    last = above[0] if above.size else nodes[-1]
+    return np.flatnonzero((teff >= first) & (teff <= last))
+
+
 def _fit_block(flux, variance, good, mags, errs, teff_lo, teff_hi, *, wave, grid, metric, vmax):
     """Kernel over a block of stars: arrays (S, P), (S, B), (S,) → stacked results."""
     n_star, n_pix = flux.shape
@@ -129,8 +144,7 @@ def _fit_block(flux, variance, good, mags, errs, teff_lo, teff_hi, *, wave, grid
         if not np.any(np.isfinite(mags[s])):
             status[s] = 4
             continue
-        teff = grid.params[:, 0]
-        candidates = np.flatnonzero((teff >= teff_lo[s]) & (teff <= teff_hi[s]))
+        candidates = _teff_candidates(grid.params[:, 0], teff_lo[s], teff_hi[s])
         fit = fit_star(
             wave,
             flux[s],

@@ -884,7 +884,9 @@ def open_red(path, *, chunks=None, require_common_grid: bool = False) -> xr.Data
     source = _input_file(path, RedFileError, "RED file")
     fiber_chunks = _fiber_chunks(chunks)
     with _open_fits(source) as hdul:
-        return _Reader(hdul, source, fiber_chunks, require_common_grid).dataset()
+        ds = _Reader(hdul, source, fiber_chunks, require_common_grid).dataset()
+        ds.encoding["source"] = str(source)  # as xr.open_dataset does; used in messages
+        return ds
 
 
 def _data_bytes(header: fits.Header) -> int:

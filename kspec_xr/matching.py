@@ -173,6 +173,33 @@ def _continuum_fit(wave, obs, ivar, pattern, *, degree: int = 12, iterations: in
     return fit
 
 
+def _smoothing_pixels(wave: np.ndarray, scale: float) -> int:
+    """Pixels of the running mean (odd, at least 5) that spans ``scale`` Å."""
+    step = float(np.median(np.diff(wave)))
+    return max(5, int(round(scale / step)) | 1)
+
+
+def _running_mean(values: np.ndarray, weight: np.ndarray, width: int) -> np.ndarray:
+    """Weighted running mean along the first axis: S(v·g)/S(g), twice a boxcar (a triangle).
+
+    Masked pixels (g = 0) do not count; where no valid pixel is near (a gap
+    wider than the window) the result is 1, and those pixels carry no weight.
+    """
+    from scipy.ndimage import uniform_filter1d
+
+    g = weight if values.ndim == 1 else weight[:, None]
+
+    def smooth(a):
+        once = uniform_filter1d(a, width, axis=0, mode="nearest")
+        return uniform_filter1d(once, width, axis=0, mode="nearest")
+
+    num = smooth(values * g)
+    den = smooth(np.broadcast_to(g, values.shape).astype(float))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = num / den
+    return np.where(den > 1e-6, out, 1.0)
+
+
 def _rebin_operator(grid: PreparedGrid, wave_edges: np.ndarray, rv: float) -> sparse.csr_matrix:
     """Sparse operator: working grid (shifted by rv) → exposure pixels."""
     shifted = grid.edges * (1.0 + rv / C_KMS)
@@ -185,7 +212,7 @@ def _shifted_pattern(grid, wave_edges, rv, fine_model, fine_cont) -> np.ndarray:
     return (op @ fine_model) / (op @ fine_cont)
 
 
-def _refine(lattice, norm_t, mags_t, scorer, colours, inflate, start):
+def _refine(lattice, norm_t, smooth_t, mags_t, scorer, colours, inflate, start):
     """Minimise the score over continuous (Teff, log g, [M/H]) around the best node.
 
     The model at a fractional lattice position is the multilinear mix of the
@@ -197,7 +224,7 @@ def _refine(lattice, norm_t, mags_t, scorer, colours, inflate, start):
     def objective(t):
         weights = _interp_weights(lattice, t)
         used = weights > 0
-        model = norm_t[:, used] @ weights[used]
+        model = (norm_t[:, used] @ weights[used]) / (smooth_t[:, used] @ weights[used])
         mix = weights[used] @ mags_t[used]
         return scorer(model) / inflate + colours(mix)[0, 0]
 
@@ -247,7 +274,7 @@ def fit_star(
     vmax: float = 500.0,
     n_xcorr: int = 5,
     model_error: float = 0.01,
-    iterations: int = 3,
+    smooth_scale: float = 150.0,
 ) -> StarFit:
     """Fit one standard star; see the module docstring for the steps.
 
@@ -265,7 +292,8 @@ def fit_star(
     model_error : float, fractional template error per pixel, added in quadrature
         to the noise of the normalised star: no grid matches a real star
         better than this, and without it the spectrum outweighs the colours
-    iterations : int, rounds of normalise → score → refine
+    smooth_scale : float, width (Å) of the running mean that star and templates
+        are divided by before they are compared
     """
     n_pix = wave.size
     nan_fit = StarFit(
@@ -312,28 +340,36 @@ def fit_star(
     models, conts = grid.scoring.rebin(wave_edges, rv)  # (P, T): one sparse product
     norm_t = models[:, candidates] / conts[:, candidates]
     lattice = grid.lattice[candidates]
-    pattern = norm_t[:, int(order[0])]
-    for _ in range(iterations):
-        # the star's continuum depends on the template it is divided by, so
-        # normalise, score, refine, and normalise again with the refined model
-        obs_cont = _continuum_fit(wave, flux, ivar, pattern)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            obs_norm = flux / obs_cont
-            var_norm = np.where(ivar > 0, 1.0 / (ivar * obs_cont**2), np.inf)
-            w = np.where(obs_cont > 0, 1.0 / (var_norm + model_error**2), 0.0)
-        scorer = Scorer(obs_norm, w, metric)
-        spec_score = scorer(norm_t)
-        best_local = int(np.argmin(spec_score))
-        dof = max(n_good - 13, 1)
-        chi2_red = float(Scorer(obs_norm, w, "chi2")(norm_t[:, best_local]) / dof)
-        inflate = max(1.0, chi2_red)
-        total = spec_score / inflate + col_chi2
-        best_local = int(np.argmin(total))
-        target, refined_score = _refine(
-            lattice, norm_t, grid.mags[candidates], scorer, colours, inflate, lattice[best_local]
-        )
-        weights = _interp_weights(lattice, target)
-        pattern = norm_t @ weights
+    # star and templates divided by their own running mean over `width` pixels
+    # (the same weights): the throughput and every broad shape drop out of
+    # both alike, so the score sees the lines and the colours fix the slope
+    width = _smoothing_pixels(wave, smooth_scale)
+    gpix = (ivar > 0).astype(float)
+    obs_smooth = _running_mean(flux, gpix, width)
+    smooth_t = _running_mean(norm_t, gpix, width)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        obs_norm = np.where(obs_smooth > 0, flux / obs_smooth, 0.0)
+        var_norm = np.where(ivar > 0, 1.0 / (ivar * obs_smooth**2), np.inf)
+        w = np.where(obs_smooth > 0, 1.0 / (var_norm + model_error**2), 0.0)
+    scorer = Scorer(obs_norm, w, metric)
+    spec_score = scorer(norm_t / smooth_t)
+    best_local = int(np.argmin(spec_score))
+    dof = max(n_good - 1, 1)
+    chi2_red = float(Scorer(obs_norm, w, "chi2")(norm_t[:, best_local] / smooth_t[:, best_local]))
+    chi2_red /= dof
+    inflate = max(1.0, chi2_red)
+    total = spec_score / inflate + col_chi2
+    best_local = int(np.argmin(total))
+    target, refined_score = _refine(
+        lattice,
+        norm_t,
+        smooth_t,
+        grid.mags[candidates],
+        scorer,
+        colours,
+        inflate,
+        lattice[best_local],
+    )
 
     # 4.-5. the velocity against the refined model, then the final model
     ranked = np.argsort(total, kind="stable")
@@ -352,10 +388,10 @@ def fit_star(
     step_v = C_KMS * grid.dlnl * grid.oversample
     for shrink in (1.0, 0.25):  # a parabola over ±1 pixel, then over ±1/4 pixel
         step = step_v * shrink
-        chi = [
-            scorer_chi2(_shifted_pattern(grid, wave_edges, v, fine_model, fine_cont))
-            for v in rv + step * np.array([-1.0, 0.0, 1.0])
-        ]
+        chi = []
+        for v in rv + step * np.array([-1.0, 0.0, 1.0]):
+            pattern = _shifted_pattern(grid, wave_edges, v, fine_model, fine_cont)
+            chi.append(scorer_chi2(pattern / _running_mean(pattern, gpix, width)))
         rv = float(rv + step * parabola_peak(*chi))
     op = _rebin_operator(grid, wave_edges, rv)
     model = np.asarray(op @ fine_model, dtype=float)

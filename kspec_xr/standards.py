@@ -31,13 +31,7 @@ def standard_index(ds: xr.Dataset) -> np.ndarray:
         raise CalibrationError(
             "this Dataset has no standards selected; run ds.pipe(kx.select_standards) first"
         )
-    fibers = np.asarray(ds["fiber"].values)
-    wanted = np.asarray(ds["standard_fiber"].values)
-    return (
-        np.searchsorted(fibers, wanted)
-        if np.all(np.diff(fibers) > 0)
-        else np.array([int(np.flatnonzero(fibers == f)[0]) for f in wanted])
-    )
+    return ds.indexes["fiber"].get_indexer(np.asarray(ds["standard_fiber"].values))
 
 
 def select_standards(ds: xr.Dataset, /) -> xr.Dataset:

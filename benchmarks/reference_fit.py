@@ -1,0 +1,419 @@
+"""The obvious template fit, one candidate at a time: the reference for kspec_xr's fast path.
+
+:func:`kspec_xr.matching.fit_star` scores every candidate template of a
+standard star at once (one sparse product rebins all of them, the scores are
+matrix products, one batched FFT cross-correlates several templates).  This
+module keeps the plain per-template loop of the reference pipeline, written
+for clarity, not speed, so that the fast path can be checked against it
+(``tests/test_reference.py``) and timed against it
+(``benchmarks/bench_speed.py``).  It reuses kspec_xr's own small kernels
+(``resample_matrix``, ``xcorr_velocity``, ``huber_rho``, the continuum fit and
+the colour χ²), each applied to ONE template at a time.
+
+Three levels:
+
+- :func:`reference_velocities` — ``xcorr_velocity`` called once per template
+  row; must equal the batched call.
+- :func:`reference_scores` — for one star at one velocity, each candidate
+  rebinned to the exposure's pixels with its own ``resample_matrix``
+  application, normalised by its own continuum and scored with an explicit
+  Σ w (obs − m)² (or Huber); must equal ``Scorer(obs_norm, w, metric)(norm_t)``.
+- :func:`reference_fit_star` — the reference pipeline's whole per-template
+  fit for timing: for every candidate in the star's colour Teff box, prepare
+  it from the NATIVE grid (convolve to the instrument FWHM and rebin onto the
+  ln λ working grid), cross-correlate it for its own RV, shift and rebin it to
+  the exposure's pixels, continuum-normalise star and template, score; the
+  best node wins (no refinement between nodes).
+
+Preparing a template means building its convolution operator (native grid →
+working grid, ``resample_matrix`` with the instrument's Gaussian) and
+applying it, per template, as a loop over template files does
+(``make_setup(..., shared=False)``); ``shared=True`` builds that operator once
+per setup and only applies it per template: the fastest per-template loop,
+timed too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import xarray as xr
+from scipy import sparse
+
+from kspec_xr.maskbits import bit
+from kspec_xr.matching import PreparedGrid, _continuum_fit, huber_rho
+from kspec_xr.photometry import ColourChi2
+from kspec_xr.prepare import fwhm_at
+from kspec_xr.regions import in_regions
+from kspec_xr.resample import SIGMA_PER_FWHM, edges_from_centers, resample_matrix
+from kspec_xr.rv import C_KMS, parabola_peak, xcorr_velocity
+from kspec_xr.standards import standard_index
+
+__all__ = [
+    "StarData",
+    "NativeTemplates",
+    "Setup",
+    "ReferenceFit",
+    "standards_inputs",
+    "native_templates",
+    "make_setup",
+    "convolution_operator",
+    "prepare_one",
+    "normalised_star",
+    "star_on_log_grid",
+    "explicit_score",
+    "reference_velocities",
+    "reference_scores",
+    "reference_fit_star",
+]
+
+
+# ---------------------------------------------------------------------------
+# inputs
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class StarData:
+    """One standard star as the fit sees it (the exposure's pixels)."""
+
+    wave: np.ndarray  # (P,) Å
+    flux: np.ndarray  # (P,) counts
+    variance: np.ndarray  # (P,)
+    good: np.ndarray  # (P,) bool
+    mags: np.ndarray  # (B,) AB mags in the prepared grid's bands (NaN = missing)
+    mag_errs: np.ndarray  # (B,)
+    teff_lo: float  # colour Teff box, K
+    teff_hi: float
+
+    @property
+    def ivar(self) -> np.ndarray:
+        """Inverse variance, 0 at unusable pixels (as ``fit_star`` builds it)."""
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ok = self.good & (self.variance > 0) & np.isfinite(self.flux)
+            return np.where(ok, 1.0 / self.variance, 0.0)
+
+
+def standards_inputs(
+    fitted: xr.Dataset, bands, *, mask_regions="telluric_default"
+) -> list[StarData]:
+    """Per-star inputs from an exposure that went through ``fit_standards``.
+
+    The pixels, mask and photometry are taken exactly as ``fit_standards``
+    takes them; the Teff box is the one it set from the colours
+    (``teff_lo``/``teff_hi``), so the reference fits the same candidates.
+    """
+    wave = np.asarray(fitted["wavelength"].values, dtype=float)
+    idx = standard_index(fitted)
+    flux = np.asarray(fitted["flux"].values, dtype=float)[idx]
+    variance = np.asarray(fitted["variance"].values, dtype=float)[idx]
+    mask = np.asarray(fitted["mask"].values)[idx]
+    good = ((mask & ~bit("TELLURIC")) == 0) & ~in_regions(wave, mask_regions)[None, :]
+    bands = [str(b) for b in bands]
+    mags = np.asarray(fitted["std_mag"].reindex(band=bands).values, dtype=float)
+    errs = np.asarray(fitted["std_mag_err"].reindex(band=bands).values, dtype=float)
+    lo = np.asarray(fitted["teff_lo"].values, dtype=float)
+    hi = np.asarray(fitted["teff_hi"].values, dtype=float)
+    return [
+        StarData(wave, flux[s], variance[s], good[s], mags[s], errs[s], lo[s], hi[s])
+        for s in range(idx.size)
+    ]
+
+
+@dataclass
+class NativeTemplates:
+    """Template spectra at the grid's own resolution, in memory."""
+
+    wave: np.ndarray  # (N,) Å
+    flux: np.ndarray  # (T, N) surface flux
+    continuum: np.ndarray  # (T, N)
+    params: np.ndarray  # (T, 3) teff, logg, mh
+    resolution: float  # R of the grid
+
+
+def native_templates(
+    grid: xr.DataArray, params: np.ndarray, *, alpha: float = 0.0, wave_range=None
+) -> NativeTemplates:
+    """Read the native spectra of the templates with the given (teff, logg, mh).
+
+    ``params`` is e.g. ``PreparedGrid.params``, so row ``i`` here is template
+    ``i`` of the fast path.  ``wave_range`` trims the spectra (Å).
+    """
+    import dask
+
+    if wave_range is not None:
+        grid = grid.sel(wavelength=slice(*wave_range))
+    alphas = np.asarray(grid["alpha"].values) if "alpha" in grid.dims else np.zeros(1)
+    a = float(alphas[np.argmin(np.abs(alphas - alpha))])
+    rows = [
+        grid.sel(teff=t, logg=g, mh=m, **({"alpha": a} if "alpha" in grid.dims else {}))
+        for t, g, m in np.asarray(params, dtype=float)
+    ]
+    stacked = xr.concat(rows, dim="template")
+    flux, cont = dask.compute(stacked.data, stacked["continuum"].data)
+    return NativeTemplates(
+        wave=np.asarray(grid["wavelength"].values, dtype=float),
+        flux=np.asarray(flux, dtype=float),
+        continuum=np.asarray(cont, dtype=float),
+        params=np.asarray(params, dtype=float),
+        resolution=float(grid.attrs.get("resolution", np.inf)),
+    )
+
+
+@dataclass
+class Setup:
+    """The instrument setup: ln λ working grid, FWHM, and optionally a shared operator."""
+
+    work: np.ndarray  # (L,) Å, uniform in ln λ
+    dlnl: float
+    work_edges: np.ndarray  # (L + 1,)
+    fwhm: object  # Å: constant, polynomial coefficients or callable (kspec_xr.prepare.fwhm_at)
+    convolve: sparse.csr_matrix | None  # (L, N) native → working; None: built per template
+
+
+def convolution_operator(native: NativeTemplates, work: np.ndarray, fwhm) -> sparse.csr_matrix:
+    """Gaussian smoothing to the instrument FWHM and rebinning, native grid → ``work``.
+
+    σ = sqrt(FWHM² − (λ/R)²)/2.3548, integrated exactly over source and
+    target bins (``resample_matrix``), as ``prepare_templates`` does.
+    """
+    fwhm_work = fwhm_at(fwhm, work)
+    sigma = np.sqrt(fwhm_work**2 - (work / native.resolution) ** 2) / SIGMA_PER_FWHM
+    return resample_matrix(edges_from_centers(native.wave), edges_from_centers(work), sigma)
+
+
+def make_setup(native: NativeTemplates, work: np.ndarray, fwhm, *, shared: bool = False) -> Setup:
+    """The working grid of one instrument setup.
+
+    ``shared=False`` (the reference pipeline): every template is prepared on
+    its own, building its convolution operator as it goes — what a loop over
+    template files does, each of which may carry its own wavelengths (BOSZ
+    ``noresam`` files do).  ``shared=True``: the operator, which depends on
+    the setup only when all templates share one wavelength grid, is built
+    once here and only applied per template — the fastest a per-template
+    loop can be.
+    """
+    work = np.asarray(work, dtype=float)
+    matrix = convolution_operator(native, work, fwhm) if shared else None
+    return Setup(work, float(np.log(work[1] / work[0])), edges_from_centers(work), fwhm, matrix)
+
+
+# ---------------------------------------------------------------------------
+# small shared steps
+# ---------------------------------------------------------------------------
+
+
+def normalised_star(wave, flux, ivar, pattern, *, model_error: float = 0.01):
+    """Star divided by its continuum fitted against a line ``pattern``, and its weights.
+
+    ``w = 1 / (var_norm + model_error²)``, 0 where unusable — as in ``fit_star``.
+    """
+    flux = np.where(ivar > 0, flux, 0.0)
+    obs_cont = _continuum_fit(wave, flux, ivar, pattern)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        obs_norm = flux / obs_cont
+        var_norm = np.where(ivar > 0, 1.0 / (ivar * obs_cont**2), np.inf)
+        w = np.where(obs_cont > 0, 1.0 / (var_norm + model_error**2), 0.0)
+    return obs_norm, w
+
+
+def star_on_log_grid(wave, flux, ivar, work, pattern=None):
+    """Star on the ln λ working grid, continuum-normalised, minus one; and its weight.
+
+    ``pattern`` (a normalised template on ``work``) guides the continuum fit;
+    ``None`` fits a smooth continuum to the star alone.
+    """
+    flux = np.where(ivar > 0, flux, 0.0)
+    inside = (work > wave[0]) & (work < wave[-1])
+    obs = np.interp(work, wave, flux)
+    weight = (np.interp(work, wave, (ivar > 0).astype(float)) > 0.999) & inside
+    guide = np.ones(inside.sum()) if pattern is None else pattern[inside]
+    cont = _continuum_fit(work[inside], obs[inside], weight[inside].astype(float), guide)
+    spec = np.zeros_like(work)
+    spec[inside] = obs[inside] / cont - 1.0
+    return spec, weight.astype(float)
+
+
+def explicit_score(obs_norm, w, model, metric: str = "chi2") -> float:
+    """Σ w (obs − m)² (``chi2``) or 2 Σ ρ_Huber((obs − m)·√w) over the used pixels."""
+    used = w > 0
+    resid = obs_norm[used] - model[used]
+    if metric == "chi2":
+        return float(np.sum(w[used] * resid * resid))
+    if metric == "huber":
+        return float(2.0 * np.sum(huber_rho(resid * np.sqrt(w[used]))))
+    raise ValueError(f"metric must be 'chi2' or 'huber', not {metric!r}")
+
+
+# ---------------------------------------------------------------------------
+# level 1 and 2: loops that must equal the vectorised kernels
+# ---------------------------------------------------------------------------
+
+
+def reference_velocities(spectrum, weight, templates, dlnl, *, vmax: float = 500.0):
+    """``xcorr_velocity`` against one template row at a time.
+
+    Returns (velocity, peak), each (T,), to compare with the batched call.
+    """
+    templates = np.atleast_2d(templates)
+    velocity = np.empty(templates.shape[0])
+    peak = np.empty(templates.shape[0])
+    for i, row in enumerate(templates):
+        v, p = xcorr_velocity(spectrum, weight, row[None, :], dlnl, vmax=vmax)
+        velocity[i], peak[i] = v[0], p[0]
+    return velocity, peak
+
+
+def reference_scores(
+    wave, obs_norm, w, grid: PreparedGrid, candidates, rv: float, *, metric: str = "chi2"
+) -> np.ndarray:
+    """Score of each candidate against one normalised star, one template at a time.
+
+    Each template row of ``grid`` is shifted to ``rv``, rebinned to the
+    exposure's pixels (its own application of the ``resample_matrix``
+    operator), divided by its own rebinned continuum, and scored with
+    :func:`explicit_score`.  Pass ``grid.scoring`` to compare with
+    ``fit_star``, which scores on that grid.
+    """
+    wave_edges = edges_from_centers(np.asarray(wave, dtype=float))
+    # the operator depends on the velocity only, and the velocity is the star's
+    op = resample_matrix(grid.edges * (1.0 + rv / C_KMS), wave_edges, 0.0)
+    scores = np.empty(len(candidates))
+    for i, c in enumerate(candidates):
+        model = (op @ grid.flux[c]) / (op @ grid.continuum[c])
+        scores[i] = explicit_score(obs_norm, w, model, metric)
+    return scores
+
+
+# ---------------------------------------------------------------------------
+# level 3: the reference pipeline's per-template fit
+# ---------------------------------------------------------------------------
+
+
+def prepare_one(native: NativeTemplates, setup: Setup, index: int):
+    """One template convolved to the instrument FWHM on the working grid: (flux, continuum).
+
+    With ``setup.convolve`` None, the operator is built for this template
+    (the per-template pipeline that prepares each file on its own);
+    otherwise the setup's shared operator is applied.
+    """
+    matrix = setup.convolve
+    if matrix is None:
+        matrix = convolution_operator(native, setup.work, setup.fwhm)
+    return matrix @ native.flux[index], matrix @ native.continuum[index]
+
+
+def _model_at(setup: Setup, fine_flux, fine_cont, rv: float, wave_edges) -> np.ndarray:
+    """Normalised template at velocity ``rv`` on the exposure's pixels."""
+    op = resample_matrix(setup.work_edges * (1.0 + rv / C_KMS), wave_edges, 0.0)
+    return (op @ fine_flux) / (op @ fine_cont)
+
+
+@dataclass
+class ReferenceFit:
+    """Best node of :func:`reference_fit_star` (index into the templates)."""
+
+    best: int
+    teff: float
+    logg: float
+    mh: float
+    rv: float
+    candidates: np.ndarray  # (C,) template indices tried
+    velocities: np.ndarray  # (C,) each candidate's own RV
+    scores: np.ndarray  # (C,) spectral score
+    total: np.ndarray  # (C,) spectral score / inflation + colour χ²
+    chi2_red: float
+
+
+def reference_fit_star(
+    star: StarData,
+    native: NativeTemplates,
+    setup: Setup,
+    *,
+    template_mags: np.ndarray | None = None,
+    pairs: np.ndarray | None = None,
+    metric: str = "chi2",
+    vmax: float = 500.0,
+    model_error: float = 0.01,
+) -> ReferenceFit:
+    """Fit one star with the per-template loop of the reference pipeline.
+
+    For every template in the star's Teff box, one at a time:
+
+    1. prepare it: convolve the native spectrum and its continuum to the
+       instrument FWHM on the ln λ working grid (``setup.convolve``);
+    2. cross-correlate it with the star (``xcorr_velocity`` on one row) for
+       its own radial velocity;
+    3. shift it to that velocity and rebin it onto the exposure's pixels
+       (a ``resample_matrix`` built for that velocity), divide by its own
+       rebinned continuum;
+    4. continuum-normalise the star against that template's line pattern and
+       score it (:func:`explicit_score`).
+
+    Then, as ``fit_star`` does, the spectral scores are divided by the best
+    candidate's χ²/dof (when above 1) and the colour χ² of each template's
+    synthetic magnitudes (``template_mags`` rows, ``pairs`` of band indices)
+    is added; the lowest total is the best node, with its own velocity.
+    """
+    wave = star.wave
+    ivar = star.ivar
+    n_good = int(np.count_nonzero(ivar))
+    teff = native.params[:, 0]
+    candidates = np.flatnonzero((teff >= star.teff_lo) & (teff <= star.teff_hi))
+    if n_good < 50 or candidates.size == 0:
+        raise ValueError("the star has too few usable pixels or no candidate template")
+    wave_edges = edges_from_centers(wave)
+
+    # once per star: the star on the ln λ grid, for the cross-correlations
+    spec, weight = star_on_log_grid(wave, star.flux, ivar, setup.work)
+
+    step_v = C_KMS * float(np.log(wave[-1] / wave[-2]))  # one exposure pixel, km/s
+    n = candidates.size
+    velocities, scores, chi2 = np.empty(n), np.empty(n), np.empty(n)
+    for i, c in enumerate(candidates):
+        # 1. prepare this template for the instrument
+        fine_flux, fine_cont = prepare_one(native, setup, c)
+        # 2. its own radial velocity: cross-correlation, then a parabola in χ²
+        pattern = fine_flux / fine_cont - 1.0
+        v = float(xcorr_velocity(spec, weight, pattern[None, :], setup.dlnl, vmax=vmax)[0][0])
+        # 3. shifted and rebinned onto the exposure's pixels, normalised
+        model = _model_at(setup, fine_flux, fine_cont, v, wave_edges)
+        # 4. the star normalised against this template ...
+        obs_norm, w = normalised_star(wave, star.flux, ivar, model, model_error=model_error)
+        for shrink in (1.0, 0.25):  # ... and the velocity over ±1 pixel, then ±1/4 pixel
+            trial = v + step_v * shrink * np.array([-1.0, 0.0, 1.0])
+            chi = [
+                explicit_score(obs_norm, w, _model_at(setup, fine_flux, fine_cont, t, wave_edges))
+                for t in trial
+            ]
+            v = float(v + step_v * shrink * parabola_peak(*chi))
+        model = _model_at(setup, fine_flux, fine_cont, v, wave_edges)
+        obs_norm, w = normalised_star(wave, star.flux, ivar, model, model_error=model_error)
+        velocities[i] = v
+        scores[i] = explicit_score(obs_norm, w, model, metric)
+        chi2[i] = scores[i] if metric == "chi2" else explicit_score(obs_norm, w, model, "chi2")
+
+    dof = max(n_good - 13, 1)
+    chi2_red = float(chi2[int(np.argmin(scores))] / dof)
+    inflate = max(1.0, chi2_red)
+    colour = np.zeros(n)
+    if template_mags is not None and pairs is not None and len(pairs):
+        colours = ColourChi2(star.mags, star.mag_errs, pairs)
+        for i, c in enumerate(candidates):
+            colour[i] = colours(template_mags[c][None, :])[0, 0]
+    total = scores / inflate + colour
+    best = int(np.argmin(total))
+    node = int(candidates[best])
+    return ReferenceFit(
+        best=node,
+        teff=float(native.params[node, 0]),
+        logg=float(native.params[node, 1]),
+        mh=float(native.params[node, 2]),
+        rv=float(velocities[best]),
+        candidates=candidates,
+        velocities=velocities,
+        scores=scores,
+        total=total,
+        chi2_red=chi2_red,
+    )
