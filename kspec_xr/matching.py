@@ -75,10 +75,19 @@ class PreparedGrid:
         """(L, 2T) flux and continuum as columns, for one sparse product per rebinning."""
         return np.ascontiguousarray(np.concatenate([self.flux, self.continuum]).T)
 
-    def rebin(self, wave_edges: np.ndarray, rv: float) -> tuple[np.ndarray, np.ndarray]:
-        """(P, T) flux and continuum of every template at velocity ``rv`` on the given pixels."""
-        both = _rebin_operator(self, wave_edges, rv) @ self._columns
+    def rebin(
+        self, wave_edges: np.ndarray, rv: float, templates: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(P, C) flux and continuum of the templates (all by default) at velocity ``rv``.
+
+        One sparse product serves every template at once.
+        """
         n = self.flux.shape[0]
+        columns = self._columns
+        if templates is not None:
+            columns = columns[:, np.concatenate([templates, n + templates])]
+            n = templates.size
+        both = _rebin_operator(self, wave_edges, rv) @ columns
         return both[:, :n], both[:, n:]
 
     def binned(self, factor: int) -> PreparedGrid:
@@ -187,14 +196,15 @@ def _running_mean(values: np.ndarray, weight: np.ndarray, width: int) -> np.ndar
     """
     from scipy.ndimage import uniform_filter1d
 
-    g = weight if values.ndim == 1 else weight[:, None]
-
     def smooth(a):
         once = uniform_filter1d(a, width, axis=0, mode="nearest")
         return uniform_filter1d(once, width, axis=0, mode="nearest")
 
-    num = smooth(values * g)
-    den = smooth(np.broadcast_to(g, values.shape).astype(float))
+    g = np.asarray(weight, dtype=float)
+    num = smooth(values * (g if values.ndim == 1 else g[:, None]))
+    den = smooth(g)
+    if values.ndim > 1:
+        den = den[:, None]
     with np.errstate(invalid="ignore", divide="ignore"):
         out = num / den
     return np.where(den > 1e-6, out, 1.0)
@@ -337,8 +347,8 @@ def fit_star(
     rv = float(np.median(velocity))
 
     # 2.-3. every candidate on the exposure's pixels, normalised, scored
-    models, conts = grid.scoring.rebin(wave_edges, rv)  # (P, T): one sparse product
-    norm_t = models[:, candidates] / conts[:, candidates]
+    models, conts = grid.scoring.rebin(wave_edges, rv, candidates)  # (P, C)
+    norm_t = models / conts
     lattice = grid.lattice[candidates]
     # star and templates divided by their own running mean over `width` pixels
     # (the same weights): the throughput and every broad shape drop out of
