@@ -7,8 +7,8 @@ module keeps the plain per-template loop of the reference pipeline, written
 for clarity, not speed, so that the fast path can be checked against it
 (``tests/test_reference.py``) and timed against it
 (``benchmarks/bench_speed.py``).  It reuses kspec_xr's own small kernels
-(``resample_matrix``, ``xcorr_velocity``, ``huber_rho``, the continuum fit and
-the colour χ²), each applied to ONE template at a time.
+(``resample_matrix``, ``xcorr_velocity``, ``parabola_peak``, ``huber_rho``,
+the running mean and the colour χ²), each applied to ONE template at a time.
 
 Three levels:
 
@@ -16,14 +16,16 @@ Three levels:
   row; must equal the batched call.
 - :func:`reference_scores` — for one star at one velocity, each candidate
   rebinned to the exposure's pixels with its own ``resample_matrix``
-  application, normalised by its own continuum and scored with an explicit
-  Σ w (obs − m)² (or Huber); must equal ``Scorer(obs_norm, w, metric)(norm_t)``.
+  application, divided by its own continuum and its own running mean, and
+  scored with an explicit Σ w (obs − m)² (or Huber); must equal
+  ``Scorer(obs_norm, w, metric)(norm_t / smooth_t)`` of ``fit_star``.
 - :func:`reference_fit_star` — the reference pipeline's whole per-template
   fit for timing: for every candidate in the star's colour Teff box, prepare
   it from the NATIVE grid (convolve to the instrument FWHM and rebin onto the
-  ln λ working grid), cross-correlate it for its own RV, shift and rebin it to
-  the exposure's pixels, continuum-normalise star and template, score; the
-  best node wins (no refinement between nodes).
+  ln λ working grid), cross-correlate it for its own RV (refined by a
+  parabola in χ²), shift and rebin it to the exposure's pixels, normalise it
+  as the star is normalised, score; the best node wins (no refinement between
+  nodes).
 
 Preparing a template means building its convolution operator (native grid →
 working grid, ``resample_matrix`` with the instrument's Gaussian) and
@@ -42,7 +44,13 @@ import xarray as xr
 from scipy import sparse
 
 from kspec_xr.maskbits import bit
-from kspec_xr.matching import PreparedGrid, _continuum_fit, huber_rho
+from kspec_xr.matching import (
+    PreparedGrid,
+    _continuum_fit,
+    _running_mean,
+    _smoothing_pixels,
+    huber_rho,
+)
 from kspec_xr.photometry import ColourChi2
 from kspec_xr.prepare import fwhm_at
 from kspec_xr.regions import in_regions
@@ -61,6 +69,8 @@ __all__ = [
     "convolution_operator",
     "prepare_one",
     "normalised_star",
+    "high_pass",
+    "teff_candidates",
     "star_on_log_grid",
     "explicit_score",
     "reference_velocities",
@@ -169,6 +179,7 @@ class Setup:
     dlnl: float
     work_edges: np.ndarray  # (L + 1,)
     fwhm: object  # Å: constant, polynomial coefficients or callable (kspec_xr.prepare.fwhm_at)
+    oversample: int  # working pixels per exposure pixel
     convolve: sparse.csr_matrix | None  # (L, N) native → working; None: built per template
 
 
@@ -183,7 +194,9 @@ def convolution_operator(native: NativeTemplates, work: np.ndarray, fwhm) -> spa
     return resample_matrix(edges_from_centers(native.wave), edges_from_centers(work), sigma)
 
 
-def make_setup(native: NativeTemplates, work: np.ndarray, fwhm, *, shared: bool = False) -> Setup:
+def make_setup(
+    native: NativeTemplates, work: np.ndarray, fwhm, *, oversample: int, shared: bool = False
+) -> Setup:
     """The working grid of one instrument setup.
 
     ``shared=False`` (the reference pipeline): every template is prepared on
@@ -196,7 +209,8 @@ def make_setup(native: NativeTemplates, work: np.ndarray, fwhm, *, shared: bool 
     """
     work = np.asarray(work, dtype=float)
     matrix = convolution_operator(native, work, fwhm) if shared else None
-    return Setup(work, float(np.log(work[1] / work[0])), edges_from_centers(work), fwhm, matrix)
+    dlnl = float(np.log(work[1] / work[0]))
+    return Setup(work, dlnl, edges_from_centers(work), fwhm, int(oversample), matrix)
 
 
 # ---------------------------------------------------------------------------
@@ -204,18 +218,29 @@ def make_setup(native: NativeTemplates, work: np.ndarray, fwhm, *, shared: bool 
 # ---------------------------------------------------------------------------
 
 
-def normalised_star(wave, flux, ivar, pattern, *, model_error: float = 0.01):
-    """Star divided by its continuum fitted against a line ``pattern``, and its weights.
+def normalised_star(wave, flux, ivar, *, smooth_scale: float = 150.0, model_error: float = 0.01):
+    """The star divided by its running mean, its weights, and the smoothing it used.
 
-    ``w = 1 / (var_norm + model_error²)``, 0 where unusable — as in ``fit_star``.
+    As ``fit_star`` does: a triangle running mean over ``smooth_scale`` Å of
+    the usable pixels (``gpix``); ``w = 1 / (var_norm + model_error²)``, 0
+    where unusable.  Returns ``(obs_norm, w, gpix, width)``; templates are
+    divided by their own running mean with the same ``gpix`` and ``width``
+    (:func:`high_pass`).
     """
     flux = np.where(ivar > 0, flux, 0.0)
-    obs_cont = _continuum_fit(wave, flux, ivar, pattern)
+    width = _smoothing_pixels(wave, smooth_scale)
+    gpix = (ivar > 0).astype(float)
+    smooth = _running_mean(flux, gpix, width)
     with np.errstate(divide="ignore", invalid="ignore"):
-        obs_norm = flux / obs_cont
-        var_norm = np.where(ivar > 0, 1.0 / (ivar * obs_cont**2), np.inf)
-        w = np.where(obs_cont > 0, 1.0 / (var_norm + model_error**2), 0.0)
-    return obs_norm, w
+        obs_norm = np.where(smooth > 0, flux / smooth, 0.0)
+        var_norm = np.where(ivar > 0, 1.0 / (ivar * smooth**2), np.inf)
+        w = np.where(smooth > 0, 1.0 / (var_norm + model_error**2), 0.0)
+    return obs_norm, w, gpix, width
+
+
+def high_pass(model: np.ndarray, gpix: np.ndarray, width: int) -> np.ndarray:
+    """One normalised template divided by its own running mean (the star's pixels and width)."""
+    return model / _running_mean(model, gpix, width)
 
 
 def star_on_log_grid(wave, flux, ivar, work, pattern=None):
@@ -266,14 +291,24 @@ def reference_velocities(spectrum, weight, templates, dlnl, *, vmax: float = 500
 
 
 def reference_scores(
-    wave, obs_norm, w, grid: PreparedGrid, candidates, rv: float, *, metric: str = "chi2"
+    wave,
+    obs_norm,
+    w,
+    grid: PreparedGrid,
+    candidates,
+    rv: float,
+    *,
+    gpix: np.ndarray,
+    width: int,
+    metric: str = "chi2",
 ) -> np.ndarray:
     """Score of each candidate against one normalised star, one template at a time.
 
     Each template row of ``grid`` is shifted to ``rv``, rebinned to the
     exposure's pixels (its own application of the ``resample_matrix``
-    operator), divided by its own rebinned continuum, and scored with
-    :func:`explicit_score`.  Pass ``grid.scoring`` to compare with
+    operator), divided by its own rebinned continuum and then by its own
+    running mean (:func:`high_pass`, the star's ``gpix`` and ``width``), and
+    scored with :func:`explicit_score`.  Pass ``grid.scoring`` to compare with
     ``fit_star``, which scores on that grid.
     """
     wave_edges = edges_from_centers(np.asarray(wave, dtype=float))
@@ -282,7 +317,7 @@ def reference_scores(
     scores = np.empty(len(candidates))
     for i, c in enumerate(candidates):
         model = (op @ grid.flux[c]) / (op @ grid.continuum[c])
-        scores[i] = explicit_score(obs_norm, w, model, metric)
+        scores[i] = explicit_score(obs_norm, w, high_pass(model, gpix, width), metric)
     return scores
 
 
@@ -304,12 +339,6 @@ def prepare_one(native: NativeTemplates, setup: Setup, index: int):
     return matrix @ native.flux[index], matrix @ native.continuum[index]
 
 
-def _model_at(setup: Setup, fine_flux, fine_cont, rv: float, wave_edges) -> np.ndarray:
-    """Normalised template at velocity ``rv`` on the exposure's pixels."""
-    op = resample_matrix(setup.work_edges * (1.0 + rv / C_KMS), wave_edges, 0.0)
-    return (op @ fine_flux) / (op @ fine_cont)
-
-
 @dataclass
 class ReferenceFit:
     """Best node of :func:`reference_fit_star` (index into the templates)."""
@@ -326,6 +355,15 @@ class ReferenceFit:
     chi2_red: float
 
 
+def teff_candidates(teff: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """The candidates of a colour Teff box, chosen as ``fit_standards`` chooses them."""
+    try:
+        from kspec_xr.fitting import _teff_candidates
+    except ImportError:  # a fast path that takes the plain box
+        return np.flatnonzero((teff >= lo) & (teff <= hi))
+    return _teff_candidates(teff, lo, hi)
+
+
 def reference_fit_star(
     star: StarData,
     native: NativeTemplates,
@@ -336,20 +374,24 @@ def reference_fit_star(
     metric: str = "chi2",
     vmax: float = 500.0,
     model_error: float = 0.01,
+    smooth_scale: float = 150.0,
 ) -> ReferenceFit:
     """Fit one star with the per-template loop of the reference pipeline.
 
-    For every template in the star's Teff box, one at a time:
+    Once per star: the star divided by its running mean
+    (:func:`normalised_star`) and, for the cross-correlation, the star on the
+    ln λ working grid (:func:`star_on_log_grid`).  Then for every template in
+    the star's Teff box, one at a time:
 
     1. prepare it: convolve the native spectrum and its continuum to the
-       instrument FWHM on the ln λ working grid (``setup.convolve``);
-    2. cross-correlate it with the star (``xcorr_velocity`` on one row) for
-       its own radial velocity;
-    3. shift it to that velocity and rebin it onto the exposure's pixels
-       (a ``resample_matrix`` built for that velocity), divide by its own
-       rebinned continuum;
-    4. continuum-normalise the star against that template's line pattern and
-       score it (:func:`explicit_score`).
+       instrument FWHM on the ln λ working grid (:func:`prepare_one`);
+    2. cross-correlate it with the star (``xcorr_velocity`` on one row), and
+       refine that velocity with a parabola in χ² over ±1 exposure pixel, then
+       ±1/4 pixel (the cross-correlation peak alone can be off by a pixel);
+    3. shift it to its velocity and rebin it onto the exposure's pixels (a
+       ``resample_matrix`` built for that velocity), divide by its own
+       rebinned continuum and by its own running mean (:func:`high_pass`);
+    4. score it against the star (:func:`explicit_score`).
 
     Then, as ``fit_star`` does, the spectral scores are divided by the best
     candidate's χ²/dof (when above 1) and the colour χ² of each template's
@@ -359,16 +401,23 @@ def reference_fit_star(
     wave = star.wave
     ivar = star.ivar
     n_good = int(np.count_nonzero(ivar))
-    teff = native.params[:, 0]
-    candidates = np.flatnonzero((teff >= star.teff_lo) & (teff <= star.teff_hi))
+    candidates = teff_candidates(native.params[:, 0], star.teff_lo, star.teff_hi)
     if n_good < 50 or candidates.size == 0:
         raise ValueError("the star has too few usable pixels or no candidate template")
     wave_edges = edges_from_centers(wave)
 
-    # once per star: the star on the ln λ grid, for the cross-correlations
+    # once per star: the star normalised, and on the ln λ grid for the RVs
+    obs_norm, w, gpix, width = normalised_star(
+        wave, star.flux, ivar, smooth_scale=smooth_scale, model_error=model_error
+    )
     spec, weight = star_on_log_grid(wave, star.flux, ivar, setup.work)
 
-    step_v = C_KMS * float(np.log(wave[-1] / wave[-2]))  # one exposure pixel, km/s
+    def model_at(fine_flux, fine_cont, rv):
+        """Normalised, high-passed template at velocity ``rv`` on the exposure's pixels."""
+        op = resample_matrix(setup.work_edges * (1.0 + rv / C_KMS), wave_edges, 0.0)
+        return high_pass((op @ fine_flux) / (op @ fine_cont), gpix, width)
+
+    step_v = C_KMS * setup.dlnl * setup.oversample  # about one exposure pixel, km/s
     n = candidates.size
     velocities, scores, chi2 = np.empty(n), np.empty(n), np.empty(n)
     for i, c in enumerate(candidates):
@@ -377,24 +426,17 @@ def reference_fit_star(
         # 2. its own radial velocity: cross-correlation, then a parabola in χ²
         pattern = fine_flux / fine_cont - 1.0
         v = float(xcorr_velocity(spec, weight, pattern[None, :], setup.dlnl, vmax=vmax)[0][0])
-        # 3. shifted and rebinned onto the exposure's pixels, normalised
-        model = _model_at(setup, fine_flux, fine_cont, v, wave_edges)
-        # 4. the star normalised against this template ...
-        obs_norm, w = normalised_star(wave, star.flux, ivar, model, model_error=model_error)
-        for shrink in (1.0, 0.25):  # ... and the velocity over ±1 pixel, then ±1/4 pixel
+        for shrink in (1.0, 0.25):
             trial = v + step_v * shrink * np.array([-1.0, 0.0, 1.0])
-            chi = [
-                explicit_score(obs_norm, w, _model_at(setup, fine_flux, fine_cont, t, wave_edges))
-                for t in trial
-            ]
+            chi = [explicit_score(obs_norm, w, model_at(fine_flux, fine_cont, t)) for t in trial]
             v = float(v + step_v * shrink * parabola_peak(*chi))
-        model = _model_at(setup, fine_flux, fine_cont, v, wave_edges)
-        obs_norm, w = normalised_star(wave, star.flux, ivar, model, model_error=model_error)
+        # 3. shifted, rebinned, normalised; 4. scored
+        model = model_at(fine_flux, fine_cont, v)
         velocities[i] = v
         scores[i] = explicit_score(obs_norm, w, model, metric)
         chi2[i] = scores[i] if metric == "chi2" else explicit_score(obs_norm, w, model, "chi2")
 
-    dof = max(n_good - 13, 1)
+    dof = max(n_good - 1, 1)
     chi2_red = float(chi2[int(np.argmin(scores))] / dof)
     inflate = max(1.0, chi2_red)
     colour = np.zeros(n)

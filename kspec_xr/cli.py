@@ -141,12 +141,8 @@ def _batch(args) -> int:
     )
     counts = summary["status"].value_counts()
     n_failed = int(counts.get("failed", 0))
-    if args.nightly:
-        print(
-            "kspec-xr batch: --nightly recorded; nightly transfer functions are not implemented "
-            "yet, every exposure was calibrated with its own standards",
-            file=sys.stderr,
-        )
+    if args.nightly and "nightly_path" in summary.attrs:
+        print(f"nightly transfer function: {summary.attrs['nightly_path']}")
     print(
         f"{len(summary)} exposures: {int(counts.get('ok', 0))} ok, "
         f"{int(counts.get('skipped', 0))} skipped, {n_failed} failed; "

@@ -14,7 +14,6 @@ import inspect
 import math
 import os
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -24,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ._atomic import atomic_output
 from .errors import KspecError
 
 __all__ = ["calibrate_many", "SUMMARY_NAME", "SUMMARY_COLUMNS"]
@@ -358,16 +358,25 @@ def _remove_stale_temporaries(output: Path) -> None:
 
 
 def _write_summary(table: pd.DataFrame, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as handle:
-            table.to_csv(handle, index=False)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    with atomic_output(path) as tmp:
+        table.to_csv(tmp, index=False)
+
+
+def _add_nightly(table: pd.DataFrame, out_dir: Path) -> pd.DataFrame:
+    """Combine the batch's calibrated outputs into the nightly transfer function."""
+    from .nightly import NIGHTLY_NAME, nightly_transfer
+
+    done = table["status"].isin(["ok", "skipped"]).to_numpy()
+    table["nightly_scale"] = np.nan
+    if not done.any():
+        return table
+    outputs = table.loc[done, "output"].tolist()
+    night = nightly_transfer(outputs)
+    with atomic_output(out_dir / NIGHTLY_NAME) as tmp:
+        night.to_netcdf(tmp)
+    table.loc[done, "nightly_scale"] = night["exposure_scale"].values
+    table.attrs["nightly_path"] = os.fspath(out_dir / NIGHTLY_NAME)
+    return table
 
 
 def calibrate_many(
@@ -411,10 +420,13 @@ def calibrate_many(
     workers : int, optional
         Worker processes of the LocalCluster (only with ``client=None``).
     nightly : bool
-        Accepted and recorded (``summary.attrs["nightly"]``), nothing more
-        yet: every exposure is still calibrated by its own standards.  A
-        nightly transfer function combining the night's exposures is a later
-        issue.
+        After the batch, combine the calibrations of every exposure that is
+        ``'ok'`` or ``'skipped'`` into a nightly transfer function
+        (:func:`kspec_xr.nightly.nightly_transfer`), written to
+        ``out_dir / "kspec_xr_nightly_calibration.nc"``; the summary gains a
+        ``nightly_scale`` column (each exposure's calibration over the
+        nightly one: > 1 means less light got through, e.g. clouds).  Every
+        exposure is still calibrated by its own standards.
     resume : bool
         Skip an exposure whose output exists, opens with
         :func:`kspec_xr.open_red` and is flux-calibrated (``FLUXCAL = T``, or
@@ -619,6 +631,8 @@ def calibrate_many(
         }
     )
     table.attrs.update(nightly=bool(nightly), out_dir=os.fspath(out_dir))
+    if nightly:
+        table = _add_nightly(table, out_dir)
     summary_path = out_dir / SUMMARY_NAME
     _write_summary(table, summary_path)
     table.attrs["summary_path"] = os.fspath(summary_path)

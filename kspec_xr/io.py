@@ -39,11 +39,9 @@ an unprocessed Dataset, which therefore writes back its input exactly.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
 import os
 import re
-import tempfile
 import textwrap
 import warnings
 from collections.abc import Mapping
@@ -57,6 +55,7 @@ from astropy import units as u
 from astropy.io import fits
 
 from . import __version__, maskbits
+from ._atomic import atomic_output
 from .errors import CatalogError, OutputExistsError, RedFileError
 from .fitsio_encode import (
     EncodedHDU,
@@ -1357,43 +1356,13 @@ def _output_file(path, overwrite: bool) -> Path:
     return path
 
 
-def _umask() -> int:
-    with contextlib.suppress(OSError, ValueError):
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    return 0o022
-
-
 def _write_atomically(path: Path, hdus: list[EncodedHDU], overwrite: bool) -> None:
     """Write to a temporary file beside ``path`` and rename it into place."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            for hdu in hdus:
-                out.write(hdu.tobytes())
-            out.flush()
-            os.fsync(out.fileno())
-        mode = path.stat().st_mode & 0o7777 if path.exists() else 0o666 & ~_umask()
-        os.chmod(tmp, mode)
-        if overwrite:
-            os.replace(tmp, path)
-        else:
-            try:
-                os.link(tmp, path)  # atomic: fails if someone created path meanwhile
-            except FileExistsError:
-                raise OutputExistsError(
-                    f"{path} exists; pass overwrite=True (command line: --overwrite) to replace it"
-                ) from None
-            except OSError:  # no hard links on this file system
-                os.replace(tmp, path)
-            else:
-                os.unlink(tmp)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    with atomic_output(path, overwrite=overwrite) as tmp, open(tmp, "wb") as out:
+        for hdu in hdus:
+            out.write(hdu.tobytes())
+        out.flush()
+        os.fsync(out.fileno())
 
 
 def write_red(ds: xr.Dataset, path, *, overwrite: bool = False) -> Path:

@@ -15,13 +15,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import xarray as xr
 
+from ._atomic import atomic_output
 from ._paths import cache_dir
 from .errors import CalibrationError, TemplateError
 from .resample import SIGMA_PER_FWHM, edges_from_centers, resample_matrix
@@ -340,11 +340,5 @@ def _remember(path: Path, prepared: xr.Dataset) -> xr.Dataset:
 
 def _atomic_netcdf(ds: xr.Dataset, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_output(path) as tmp:
         ds.to_netcdf(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

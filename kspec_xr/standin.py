@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 from scipy.special import expit, voigt_profile
 
+from ._atomic import atomic_output
 from ._paths import cache_dir
 from .templates import _STANDIN_MARKER, bosz_atmosphere, bosz_folder, bosz_name, wave_grid_name
 
@@ -388,13 +389,8 @@ def _format_rows(columns: Sequence[np.ndarray], formats: Sequence[str]) -> bytes
 
 def _atomic_write(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same folder, then rename."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
+    with atomic_output(path) as tmp:
         tmp.write_bytes(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _trimmed_wavelength(resolution: int, wave_range: tuple[float, float]) -> np.ndarray:

@@ -15,6 +15,7 @@ from distributed import Client, LocalCluster, WorkerPlugin
 import kspec_xr as kx
 import kspec_xr.distributed as kd
 from kspec_xr.cli import main
+from kspec_xr.nightly import NIGHTLY_NAME
 from kspec_xr.testing import make_exposure
 
 pytestmark = pytest.mark.distributed
@@ -276,7 +277,10 @@ def test_cli_bad_input_fails_alone(exposures, tmp_path, capsys):
     assert "2 ok, 0 skipped, 1 failed" in captured.out
     assert str(out_dir / kd.SUMMARY_NAME) in captured.out
     assert "brokenred.fits: failed" in captured.err
-    assert "--nightly recorded" in captured.err
+    night = xr.open_dataset(out_dir / NIGHTLY_NAME)
+    assert int(night.attrs["n_exposures"]) == 2
+    np.testing.assert_allclose(summary["nightly_scale"].iloc[:2].astype(float), 1.0, rtol=1e-6)
+    assert f"nightly transfer function: {out_dir / NIGHTLY_NAME}" in captured.out
 
 
 def test_cli_resume_skips_complete_and_redoes_truncated(first_batch, exposures, client, tmp_path):
