@@ -55,19 +55,17 @@ def _star(teff, logg, mh, rv, bands, *, snr=None, seed=0):
     return counts, variance, mags
 
 
+def _fit(grid, counts, variance, mags, errs=0.01, good=None, candidates=None, **kwargs):
+    good = np.ones(WAVE.size, bool) if good is None else good
+    candidates = np.arange(grid.params.shape[0]) if candidates is None else candidates
+    errs = np.broadcast_to(errs, mags.shape).astype(float)
+    return fit_star(WAVE, counts, variance, good, mags, errs, grid, candidates, **kwargs)
+
+
 def test_node_star_is_recovered_exactly(setup):
     grid, bands = setup
     counts, variance, mags = _star(6000.0, 4.5, -0.25, 123.0, bands)
-    fit = fit_star(
-        WAVE,
-        counts,
-        variance,
-        np.ones(WAVE.size, bool),
-        mags,
-        np.full(len(bands), 0.01),
-        grid,
-        np.arange(grid.params.shape[0]),
-    )
+    fit = _fit(grid, counts, variance, mags)
     assert fit.reason == ""
     assert fit.teff == pytest.approx(6000, abs=15)
     assert fit.logg == pytest.approx(4.5, abs=0.05)
@@ -82,17 +80,7 @@ def test_off_node_noisy_star(setup, metric):
     counts, variance, mags = _star(5880.0, 4.3, -0.15, -241.0, bands, snr=40, seed=3)
     errs = np.full(len(bands), 0.01)
     mags = mags + np.random.default_rng(4).normal(size=mags.size) * errs
-    fit = fit_star(
-        WAVE,
-        counts,
-        variance,
-        np.ones(WAVE.size, bool),
-        mags,
-        errs,
-        grid,
-        np.arange(grid.params.shape[0]),
-        metric=metric,
-    )
+    fit = _fit(grid, counts, variance, mags, errs, metric=metric)
     assert abs(fit.teff - 5880) < 80
     assert abs(fit.rv + 241.0) < 3.0
     assert 0.7 < fit.chi2_red < 1.5
@@ -106,43 +94,16 @@ def test_too_few_pixels_and_no_candidates(setup):
     counts, variance, mags = _star(6000.0, 4.5, -0.25, 0.0, bands)
     good = np.zeros(WAVE.size, bool)
     good[:10] = True
-    fit = fit_star(
-        WAVE,
-        counts,
-        variance,
-        good,
-        mags,
-        np.full(len(bands), 0.01),
-        grid,
-        np.arange(grid.params.shape[0]),
-    )
+    fit = _fit(grid, counts, variance, mags, good=good)
     assert fit.reason == "too few usable pixels" and np.isnan(fit.teff)
-    fit = fit_star(
-        WAVE,
-        counts,
-        variance,
-        np.ones(WAVE.size, bool),
-        mags,
-        np.full(len(bands), 0.01),
-        grid,
-        np.array([], dtype=int),
-    )
+    fit = _fit(grid, counts, variance, mags, candidates=np.array([], dtype=int))
     assert fit.reason == "no candidate template"
 
 
 def test_without_colours_the_spectrum_decides(setup):
     grid, bands = setup
     counts, variance, mags = _star(6250.0, 4.0, 0.0, 50.0, bands)
-    fit = fit_star(
-        WAVE,
-        counts,
-        variance,
-        np.ones(WAVE.size, bool),
-        mags * np.nan,
-        np.full(len(bands), np.nan),
-        grid,
-        np.arange(grid.params.shape[0]),
-    )
+    fit = _fit(grid, counts, variance, mags * np.nan, np.nan)
     assert fit.reason.startswith("no colours")
     assert fit.teff == pytest.approx(6250, abs=60)
 
