@@ -89,7 +89,10 @@ _GRIDS_KEPT = 2
 
 
 def _grid_arrays(prep: xr.Dataset, alpha: float) -> tuple[PreparedGrid, np.ndarray]:
-    key = (prep.attrs.get("cache_key"), float(alpha))
+    # the cache key names the whole prepared grid; a subset of it (``isel``)
+    # keeps that attribute, so the templates' parameters are part of the key
+    params = np.stack([prep[p].values for p in ("teff", "logg", "mh", "alpha") if p in prep.coords])
+    key = (prep.attrs.get("cache_key"), float(alpha), hash(params.tobytes()), params.shape)
     if key[0] and key in _GRIDS:
         _GRIDS.move_to_end(key)
         return _GRIDS[key]
@@ -248,7 +251,11 @@ def fit_standards(
     mags = ds["std_mag"].reindex(band=bands)
     errs = ds["std_mag_err"].reindex(band=bands)
     grid_mags = prep["mags"].isel(template=keep).assign_coords(teff=("template", grid.params[:, 0]))
-    box = teff_from_colours(mags.rename(standard="star"), errs.rename(standard="star"), grid_mags)
+    # the 3σ colour box, at least ±half a BOSZ Teff step; _teff_candidates then adds
+    # the nodes that bracket it, so the refinement can reach every Teff in it
+    box = teff_from_colours(
+        mags.rename(standard="star"), errs.rename(standard="star"), grid_mags, teff_step=125.0
+    )
     box = box.rename(star="standard")
 
     idx = standard_index(ds)

@@ -6,7 +6,7 @@ For one star (observed counts on the exposure's pixels) and a prepared grid
 1. estimates the radial velocity by FFT cross-correlation on the ln λ grid
    against the templates that best match the star's colours;
 2. rebins every candidate template, shifted to that velocity, onto the
-   exposure's pixels with one sparse operator (all templates at once);
+   exposure's pixels from their running integrals (all templates at once);
 3. continuum-normalises the star (a robust low-order fit of star / template
    line pattern) and every template (its own continuum), and scores each
    candidate with χ² or Huber over the unmasked pixels (matrix products);
@@ -26,10 +26,9 @@ from functools import cached_property
 
 import numpy as np
 from numpy.polynomial import legendre
-from scipy import sparse
 
 from .photometry import ColourChi2
-from .resample import edges_from_centers, resample_matrix
+from .resample import cumulative, edges_from_centers, rebin_cumulative
 from .rv import C_KMS, parabola_peak, xcorr_velocity
 
 __all__ = ["PreparedGrid", "StarFit", "Scorer", "fit_star", "huber_rho"]
@@ -71,24 +70,25 @@ class PreparedGrid:
         return np.log(self.continuum)
 
     @cached_property
-    def _columns(self) -> np.ndarray:
-        """(L, 2T) flux and continuum as columns, for one sparse product per rebinning."""
-        return np.ascontiguousarray(np.concatenate([self.flux, self.continuum]).T)
+    def _cumulative(self) -> np.ndarray:
+        """(2T, L + 1) running integrals of flux and continuum (see resample.cumulative)."""
+        return cumulative(np.concatenate([self.flux, self.continuum]), self.edges)
 
     def rebin(
         self, wave_edges: np.ndarray, rv: float, templates: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """(P, C) flux and continuum of the templates (all by default) at velocity ``rv``.
 
-        One sparse product serves every template at once.
+        Plain flux-conserving rebinning of the shifted templates onto the
+        exposure's pixels, for every template at once from the running integrals.
         """
         n = self.flux.shape[0]
-        columns = self._columns
-        if templates is not None:
-            columns = columns[:, np.concatenate([templates, n + templates])]
-            n = templates.size
-        both = _rebin_operator(self, wave_edges, rv) @ columns
-        return both[:, :n], both[:, n:]
+        templates = np.arange(n) if templates is None else np.asarray(templates)
+        rows = np.concatenate([templates, n + templates])
+        both = rebin_cumulative(
+            self._cumulative, self.edges, wave_edges, stretch=1.0 + rv / C_KMS, rows=rows
+        ).T
+        return both[:, : templates.size], both[:, templates.size :]
 
     def binned(self, factor: int) -> PreparedGrid:
         """The grid with ``factor`` working pixels averaged into one (for scoring)."""
@@ -210,16 +210,16 @@ def _running_mean(values: np.ndarray, weight: np.ndarray, width: int) -> np.ndar
     return np.where(den > 1e-6, out, 1.0)
 
 
-def _rebin_operator(grid: PreparedGrid, wave_edges: np.ndarray, rv: float) -> sparse.csr_matrix:
-    """Sparse operator: working grid (shifted by rv) → exposure pixels."""
-    shifted = grid.edges * (1.0 + rv / C_KMS)
-    return resample_matrix(shifted, wave_edges, 0.0)
-
-
 def _shifted_pattern(grid, wave_edges, rv, fine_model, fine_cont) -> np.ndarray:
     """(P,) normalised model at velocity ``rv`` on the exposure's pixels."""
-    op = _rebin_operator(grid, wave_edges, rv)
-    return (op @ fine_model) / (op @ fine_cont)
+    model, cont = _shifted(grid, wave_edges, rv, np.stack([fine_model, fine_cont]))
+    return model / cont
+
+
+def _shifted(grid, wave_edges, rv, spectra) -> np.ndarray:
+    """Spectra on the working grid, shifted by ``rv`` and rebinned onto the pixels."""
+    cum = cumulative(spectra, grid.edges)
+    return rebin_cumulative(cum, grid.edges, wave_edges, stretch=1.0 + rv / C_KMS)
 
 
 def _refine(lattice, norm_t, smooth_t, mags_t, scorer, colours, inflate, start):
@@ -403,8 +403,7 @@ def fit_star(
             pattern = _shifted_pattern(grid, wave_edges, v, fine_model, fine_cont)
             chi.append(scorer_chi2(pattern / _running_mean(pattern, gpix, width)))
         rv = float(rv + step * parabola_peak(*chi))
-    op = _rebin_operator(grid, wave_edges, rv)
-    model = np.asarray(op @ fine_model, dtype=float)
+    model = _shifted(grid, wave_edges, rv, fine_model)
 
     return StarFit(
         teff=float(teff),

@@ -232,3 +232,15 @@ def test_calibrated_dataset_round_trips_through_netcdf(calibrated, tmp_path):
     calibrated.to_netcdf(path)
     with xr.open_dataset(path) as back:
         xr.testing.assert_identical(back.load(), calibrated)
+
+
+def test_a_subset_of_a_prepared_grid_is_its_own_grid(sim, prepared):
+    hot = prepared.isel(template=np.flatnonzero(prepared["teff"].values >= 6000))
+    out = kx.fit_standards(
+        sim.red.pipe(kx.select_standards).pipe(kx.associate_catalog, sim.catalog_path), hot
+    ).compute()
+    assert float(out["fit_teff"].min()) >= 6000 - 1e-6
+    full = kx.fit_standards(
+        sim.red.pipe(kx.select_standards).pipe(kx.associate_catalog, sim.catalog_path), prepared
+    ).compute()
+    assert float(full["fit_teff"].min()) < 6000  # the simulated standards start at 5700 K

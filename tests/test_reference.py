@@ -100,9 +100,16 @@ def test_loop_scores_equal_vectorised(case, metric):
         fast = Scorer(obs_norm, w, metric)(norm_t / _running_mean(norm_t, gpix, width))
 
         loop = rf.reference_scores(
-            star.wave, obs_norm, w, grid.scoring, candidates, rv,
-            gpix=gpix, width=width, metric=metric,
-        )  # fmt: skip
+            star.wave,
+            obs_norm,
+            w,
+            grid.scoring,
+            candidates,
+            rv,
+            gpix=gpix,
+            width=width,
+            metric=metric,
+        )
         np.testing.assert_allclose(loop, fast, rtol=1e-8)
         assert np.argmin(loop) == np.argmin(fast)
 
@@ -129,8 +136,14 @@ def test_reference_fit_matches_fast_fit(case):
     setup = rf.make_setup(
         native, case["prep"]["wavelength"].values, FWHM, oversample=grid.oversample, shared=True
     )
-    # the shared operator reproduces the prepared grid (stored as float32)
+    # the shared operator reproduces the prepared grid (stored as float32), and so
+    # does the operator the per-template pipeline builds for each template
     np.testing.assert_allclose(setup.convolve @ native.flux.T, grid.flux.T, rtol=1e-6)
+    own = rf.make_setup(native, setup.work, FWHM, oversample=grid.oversample, shared=False)
+    for index in (0, len(native.flux) - 1):
+        np.testing.assert_allclose(
+            rf.prepare_one(native, own, index)[0], grid.flux[index], rtol=1e-6
+        )
 
     for s, star in enumerate(case["stars"]):
         ref = rf.reference_fit_star(star, native, setup, template_mags=grid.mags, pairs=grid.pairs)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy.stats import norm
 
-from kspec_xr.resample import edges_from_centers, resample_matrix
+from kspec_xr.resample import cumulative, edges_from_centers, rebin_cumulative, resample_matrix
 
 
 def _reference(src_edges, values, dst_edges, sigma, n_sub=400):
@@ -56,3 +56,14 @@ def test_edges_of_log_grid_are_geometric():
     centers = 5000 * np.exp(np.arange(10) * 1e-4)
     edges = edges_from_centers(centers)
     np.testing.assert_allclose(np.sqrt(edges[:-1] * edges[1:]), centers, rtol=1e-12)
+
+
+@pytest.mark.parametrize("stretch", [1.0, 1.0 + 173.0 / 299792.458, 1.0 - 412.0 / 299792.458])
+def test_cumulative_rebinning_equals_the_operator(stretch):
+    rng = np.random.default_rng(5)
+    src = np.cumsum(np.r_[5000.0, rng.uniform(0.1, 0.3, 3000)])
+    values = rng.uniform(0.5, 1.5, (4, src.size - 1))
+    dst = np.linspace(5050.0, src[-1] - 50.0, 400)
+    fast = rebin_cumulative(cumulative(values, src), src, dst, stretch=stretch)
+    slow = (resample_matrix(src * stretch, dst, 0.0) @ values.T).T
+    np.testing.assert_allclose(fast, slow, rtol=1e-10)
