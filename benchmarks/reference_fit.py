@@ -46,10 +46,9 @@ from scipy import sparse
 from kspec_xr.maskbits import bit
 from kspec_xr.matching import (
     PreparedGrid,
-    _continuum_fit,
-    _running_mean,
-    _smoothing_pixels,
     huber_rho,
+    running_mean,
+    smoothing_pixels,
 )
 from kspec_xr.photometry import ColourChi2
 from kspec_xr.prepare import fwhm_at
@@ -228,9 +227,9 @@ def normalised_star(wave, flux, ivar, *, smooth_scale: float = 150.0, model_erro
     (:func:`high_pass`).
     """
     flux = np.where(ivar > 0, flux, 0.0)
-    width = _smoothing_pixels(wave, smooth_scale)
+    width = smoothing_pixels(wave, smooth_scale)
     gpix = (ivar > 0).astype(float)
-    smooth = _running_mean(flux, gpix, width)
+    smooth = running_mean(flux, gpix, width)
     with np.errstate(divide="ignore", invalid="ignore"):
         obs_norm = np.where(smooth > 0, flux / smooth, 0.0)
         var_norm = np.where(ivar > 0, 1.0 / (ivar * smooth**2), np.inf)
@@ -240,24 +239,18 @@ def normalised_star(wave, flux, ivar, *, smooth_scale: float = 150.0, model_erro
 
 def high_pass(model: np.ndarray, gpix: np.ndarray, width: int) -> np.ndarray:
     """One normalised template divided by its own running mean (the star's pixels and width)."""
-    return model / _running_mean(model, gpix, width)
+    return model / running_mean(model, gpix, width)
 
 
-def star_on_log_grid(wave, flux, ivar, work, pattern=None):
-    """Star on the ln λ working grid, continuum-normalised, minus one; and its weight.
-
-    ``pattern`` (a normalised template on ``work``) guides the continuum fit;
-    ``None`` fits a smooth continuum to the star alone.
-    """
+def star_on_log_grid(wave, flux, ivar, work, *, smooth_scale: float = 150.0):
+    """Star on the ln λ grid ``work``, divided by its own running mean, minus one; its weight."""
     flux = np.where(ivar > 0, flux, 0.0)
     inside = (work > wave[0]) & (work < wave[-1])
+    weight = ((np.interp(work, wave, (ivar > 0).astype(float)) > 0.999) & inside).astype(float)
     obs = np.interp(work, wave, flux)
-    weight = (np.interp(work, wave, (ivar > 0).astype(float)) > 0.999) & inside
-    guide = np.ones(inside.sum()) if pattern is None else pattern[inside]
-    cont = _continuum_fit(work[inside], obs[inside], weight[inside].astype(float), guide)
-    spec = np.zeros_like(work)
-    spec[inside] = obs[inside] / cont - 1.0
-    return spec, weight.astype(float)
+    width = smoothing_pixels(work, smooth_scale)
+    spec = obs / running_mean(obs, weight, width) - 1.0
+    return np.where(weight > 0, spec, 0.0), weight
 
 
 def explicit_score(obs_norm, w, model, metric: str = "chi2") -> float:
@@ -358,10 +351,10 @@ class ReferenceFit:
 def teff_candidates(teff: np.ndarray, lo: float, hi: float) -> np.ndarray:
     """The candidates of a colour Teff box, chosen as ``fit_standards`` chooses them."""
     try:
-        from kspec_xr.fitting import _teff_candidates
+        from kspec_xr.fitting import teff_candidates
     except ImportError:  # a fast path that takes the plain box
         return np.flatnonzero((teff >= lo) & (teff <= hi))
-    return _teff_candidates(teff, lo, hi)
+    return teff_candidates(teff, lo, hi)
 
 
 def reference_fit_star(
@@ -410,7 +403,8 @@ def reference_fit_star(
     obs_norm, w, gpix, width = normalised_star(
         wave, star.flux, ivar, smooth_scale=smooth_scale, model_error=model_error
     )
-    spec, weight = star_on_log_grid(wave, star.flux, ivar, setup.work)
+    spec, weight = star_on_log_grid(wave, star.flux, ivar, setup.work, smooth_scale=smooth_scale)
+    width_log = smoothing_pixels(setup.work, smooth_scale)
 
     def model_at(fine_flux, fine_cont, rv):
         """Normalised, high-passed template at velocity ``rv`` on the exposure's pixels."""
@@ -424,7 +418,8 @@ def reference_fit_star(
         # 1. prepare this template for the instrument
         fine_flux, fine_cont = prepare_one(native, setup, c)
         # 2. its own radial velocity: cross-correlation, then a parabola in χ²
-        pattern = fine_flux / fine_cont - 1.0
+        norm = fine_flux / fine_cont
+        pattern = norm / running_mean(norm, weight, width_log) - 1.0
         v = float(xcorr_velocity(spec, weight, pattern[None, :], setup.dlnl, vmax=vmax)[0][0])
         for shrink in (1.0, 0.25):
             trial = v + step_v * shrink * np.array([-1.0, 0.0, 1.0])

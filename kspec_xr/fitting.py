@@ -23,7 +23,7 @@ from .photometry import colour_pair_indices
 from .regions import in_regions
 from .standards import standard_index
 
-__all__ = ["fit_standards", "resolve_templates", "FIT_STATUS"]
+__all__ = ["fit_standards", "resolve_templates", "teff_candidates", "FIT_STATUS"]
 
 #: values of ``fit_status`` (CF flag_values / flag_meanings)
 FIT_STATUS = {
@@ -120,7 +120,7 @@ def _grid_arrays(prep: xr.Dataset, alpha: float) -> tuple[PreparedGrid, np.ndarr
     return grid, keep
 
 
-def _teff_candidates(teff: np.ndarray, lo: float, hi: float) -> np.ndarray:
+def teff_candidates(teff: np.ndarray, lo: float, hi: float) -> np.ndarray:
     """Templates whose Teff lies in the box widened to the grid nodes that bracket it.
 
     The refinement interpolates between nodes, so the nodes just outside the
@@ -147,7 +147,7 @@ def _fit_block(flux, variance, good, mags, errs, teff_lo, teff_hi, *, wave, grid
         if not np.any(np.isfinite(mags[s])):
             status[s] = 4
             continue
-        candidates = _teff_candidates(grid.params[:, 0], teff_lo[s], teff_hi[s])
+        candidates = teff_candidates(grid.params[:, 0], teff_lo[s], teff_hi[s])
         fit = fit_star(
             wave,
             flux[s],

@@ -25,13 +25,20 @@ from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
-from numpy.polynomial import legendre
 
 from .photometry import ColourChi2
 from .resample import cumulative, edges_from_centers, rebin_cumulative
 from .rv import C_KMS, parabola_peak, xcorr_velocity
 
-__all__ = ["PreparedGrid", "StarFit", "Scorer", "fit_star", "huber_rho"]
+__all__ = [
+    "PreparedGrid",
+    "StarFit",
+    "Scorer",
+    "fit_star",
+    "huber_rho",
+    "running_mean",
+    "smoothing_pixels",
+]
 
 HUBER_K = 1.345  # Huber's constant for 95 % efficiency on Gaussian data
 
@@ -71,24 +78,23 @@ class PreparedGrid:
 
     @cached_property
     def _cumulative(self) -> np.ndarray:
-        """(2T, L + 1) running integrals of flux and continuum (see resample.cumulative)."""
-        return cumulative(np.concatenate([self.flux, self.continuum]), self.edges)
+        """(T, L + 1) running integrals of the normalised templates (resample.cumulative)."""
+        return cumulative(self.norm, self.edges)
 
-    def rebin(
+    def rebin_norm(
         self, wave_edges: np.ndarray, rv: float, templates: np.ndarray | None = None
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """(P, C) flux and continuum of the templates (all by default) at velocity ``rv``.
+    ) -> np.ndarray:
+        """(P, C) normalised templates (all by default) at velocity ``rv`` on the pixels.
 
-        Plain flux-conserving rebinning of the shifted templates onto the
-        exposure's pixels, for every template at once from the running integrals.
+        Plain flux-conserving rebinning of the shifted templates, every
+        template at once from the running integrals.  (The continuum is smooth
+        on a pixel, so rebinning flux/continuum equals rebinned flux over
+        rebinned continuum to ~1e-6.)
         """
-        n = self.flux.shape[0]
-        templates = np.arange(n) if templates is None else np.asarray(templates)
-        rows = np.concatenate([templates, n + templates])
-        both = rebin_cumulative(
+        rows = None if templates is None else np.asarray(templates)
+        return rebin_cumulative(
             self._cumulative, self.edges, wave_edges, stretch=1.0 + rv / C_KMS, rows=rows
         ).T
-        return both[:, : templates.size], both[:, templates.size :]
 
     def binned(self, factor: int) -> PreparedGrid:
         """The grid with ``factor`` working pixels averaged into one (for scoring)."""
@@ -159,36 +165,13 @@ def huber_rho(r: np.ndarray, k: float = HUBER_K) -> np.ndarray:
     return np.where(a <= k, 0.5 * r * r, k * (a - 0.5 * k))
 
 
-def _continuum_fit(wave, obs, ivar, pattern, *, degree: int = 12, iterations: int = 3):
-    """Smooth curve c(λ) with obs ≈ c·pattern: weighted Legendre fit with σ-clipping."""
-    x = 2.0 * (wave - wave[0]) / (wave[-1] - wave[0]) - 1.0
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = obs / pattern
-        w = ivar * pattern**2
-    w = np.where(np.isfinite(ratio) & np.isfinite(w) & (pattern > 0.3), w, 0.0)
-    ratio = np.where(w > 0, ratio, 0.0)
-    vander = legendre.legvander(x, degree)
-    fit = np.zeros_like(ratio)
-    for _ in range(iterations):
-        # normal equations: (Vᵀ W V) a = Vᵀ W r, well conditioned for Legendre
-        # polynomials on [-1, 1]
-        vw = vander.T * w
-        coef = np.linalg.solve(vw @ vander + 1e-12 * np.eye(degree + 1) * w.sum(), vw @ ratio)
-        fit = vander @ coef
-        resid = (ratio - fit) * np.sqrt(w)
-        good = w > 0
-        scatter = 1.4826 * np.median(np.abs(resid[good])) if np.any(good) else 1.0
-        w = np.where(np.abs(resid) < 3.0 * max(scatter, 1e-30), w, 0.0)
-    return fit
-
-
-def _smoothing_pixels(wave: np.ndarray, scale: float) -> int:
+def smoothing_pixels(wave: np.ndarray, scale: float) -> int:
     """Pixels of the running mean (odd, at least 5) that spans ``scale`` Å."""
     step = float(np.median(np.diff(wave)))
     return max(5, int(round(scale / step)) | 1)
 
 
-def _running_mean(values: np.ndarray, weight: np.ndarray, width: int) -> np.ndarray:
+def running_mean(values: np.ndarray, weight: np.ndarray, width: int) -> np.ndarray:
     """Weighted running mean along the first axis: S(v·g)/S(g), twice a boxcar (a triangle).
 
     Masked pixels (g = 0) do not count; where no valid pixel is near (a gap
@@ -231,10 +214,13 @@ def _refine(lattice, norm_t, smooth_t, mags_t, scorer, colours, inflate, start):
     """
     from scipy.optimize import minimize
 
+    rows_n = np.ascontiguousarray(norm_t.T)  # (C, P): a node's spectrum is one row
+    rows_s = np.ascontiguousarray(smooth_t.T)
+
     def objective(t):
         weights = _interp_weights(lattice, t)
-        used = weights > 0
-        model = (norm_t[:, used] @ weights[used]) / (smooth_t[:, used] @ weights[used])
+        used = np.flatnonzero(weights)
+        model = (weights[used] @ rows_n[used]) / (weights[used] @ rows_s[used])
         mix = weights[used] @ mags_t[used]
         return scorer(model) / inflate + colours(mix)[0, 0]
 
@@ -327,36 +313,34 @@ def fit_star(
     colours = ColourChi2(mags, mag_errs, grid.pairs)
     col_chi2, n_col = colours(grid.mags[candidates])[0], int(colours.n_colours[0])
 
-    # 1. velocity from the templates closest in colour, on the ln λ grid
+    # 1. velocity from the templates closest in colour, on the ln λ scoring grid,
+    #    star and templates divided by their own running mean
     order = np.argsort(col_chi2, kind="stable")[: max(1, n_xcorr)]
-    refs = candidates[order]
-    lam_work = np.exp(grid.loglam)
+    coarse = grid.scoring
+    lam_work = np.exp(coarse.loglam)
     inside = (lam_work > wave[0]) & (lam_work < wave[-1])
+    w_on_log = (np.interp(lam_work, wave, (ivar > 0).astype(float)) > 0.999) & inside
+    w_on_log = w_on_log.astype(float)
+    width_log = smoothing_pixels(lam_work, smooth_scale)
     obs_on_log = np.interp(lam_work, wave, flux)
-    w_on_log = np.interp(lam_work, wave, (ivar > 0).astype(float)) > 0.999
-    w_on_log &= inside
-    ref_norm = grid.norm[refs]
-    obs_cont = _continuum_fit(
-        lam_work[inside], obs_on_log[inside], w_on_log[inside].astype(float), ref_norm[0][inside]
-    )
-    spec = np.zeros_like(lam_work)
-    spec[inside] = obs_on_log[inside] / obs_cont - 1.0
-    velocity, peak = xcorr_velocity(
-        spec, w_on_log.astype(float), ref_norm - 1.0, grid.dlnl, vmax=vmax
+    spec = obs_on_log / running_mean(obs_on_log, w_on_log, width_log) - 1.0
+    refs = coarse.norm[candidates[order]].T
+    refs = (refs / running_mean(refs, w_on_log, width_log) - 1.0).T
+    velocity, _ = xcorr_velocity(
+        np.where(w_on_log > 0, spec, 0.0), w_on_log, refs, coarse.dlnl, vmax=vmax
     )
     rv = float(np.median(velocity))
 
     # 2.-3. every candidate on the exposure's pixels, normalised, scored
-    models, conts = grid.scoring.rebin(wave_edges, rv, candidates)  # (P, C)
-    norm_t = models / conts
+    norm_t = grid.scoring.rebin_norm(wave_edges, rv, candidates)  # (P, C)
     lattice = grid.lattice[candidates]
     # star and templates divided by their own running mean over `width` pixels
     # (the same weights): the throughput and every broad shape drop out of
     # both alike, so the score sees the lines and the colours fix the slope
-    width = _smoothing_pixels(wave, smooth_scale)
+    width = smoothing_pixels(wave, smooth_scale)
     gpix = (ivar > 0).astype(float)
-    obs_smooth = _running_mean(flux, gpix, width)
-    smooth_t = _running_mean(norm_t, gpix, width)
+    obs_smooth = running_mean(flux, gpix, width)
+    smooth_t = running_mean(norm_t, gpix, width)
     with np.errstate(divide="ignore", invalid="ignore"):
         obs_norm = np.where(obs_smooth > 0, flux / obs_smooth, 0.0)
         var_norm = np.where(ivar > 0, 1.0 / (ivar * obs_smooth**2), np.inf)
@@ -401,7 +385,7 @@ def fit_star(
         chi = []
         for v in rv + step * np.array([-1.0, 0.0, 1.0]):
             pattern = _shifted_pattern(grid, wave_edges, v, fine_model, fine_cont)
-            chi.append(scorer_chi2(pattern / _running_mean(pattern, gpix, width)))
+            chi.append(scorer_chi2(pattern / running_mean(pattern, gpix, width)))
         rv = float(rv + step * parabola_peak(*chi))
     model = _shifted(grid, wave_edges, rv, fine_model)
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from kspec_xr.fitting import _teff_candidates
+from kspec_xr.fitting import teff_candidates
 from kspec_xr.matching import PreparedGrid, Scorer, _interp_weights, fit_star, huber_rho
 from kspec_xr.photometry import colour_pair_indices, synthetic_mags
 from kspec_xr.prepare import prepare_templates
@@ -133,7 +133,7 @@ def test_interpolation_weights():
 
 def test_candidates_bracket_the_box():
     teff = np.repeat(np.arange(5000.0, 6501.0, 250.0), 3)
-    got = np.unique(teff[_teff_candidates(teff, 5641.0, 6141.0)])
+    got = np.unique(teff[teff_candidates(teff, 5641.0, 6141.0)])
     np.testing.assert_array_equal(got, [5500, 5750, 6000, 6250])
-    got = np.unique(teff[_teff_candidates(teff, 4000.0, 9000.0)])
+    got = np.unique(teff[teff_candidates(teff, 4000.0, 9000.0)])
     assert got[0] == 5000 and got[-1] == 6500

@@ -20,7 +20,7 @@ import pytest
 
 import kspec_xr as kx
 from kspec_xr.fitting import _grid_arrays
-from kspec_xr.matching import Scorer, _running_mean
+from kspec_xr.matching import Scorer, running_mean
 from kspec_xr.resample import edges_from_centers
 from kspec_xr.rv import xcorr_velocity
 from kspec_xr.standin import write_standin_grid
@@ -93,11 +93,10 @@ def test_loop_scores_equal_vectorised(case, metric):
         star, grid, candidates, rv, obs_norm, w, gpix, width = _star_at_fast_velocity(case, s)
         assert candidates.size > 1
 
-        # the fast path: all candidates in one sparse product, scored as matrix products
+        # the fast path: all candidates rebinned at once, scored as matrix products
         wave_edges = edges_from_centers(star.wave)
-        models, conts = grid.scoring.rebin(wave_edges, rv)
-        norm_t = models[:, candidates] / conts[:, candidates]
-        fast = Scorer(obs_norm, w, metric)(norm_t / _running_mean(norm_t, gpix, width))
+        norm_t = grid.scoring.rebin_norm(wave_edges, rv, candidates)
+        fast = Scorer(obs_norm, w, metric)(norm_t / running_mean(norm_t, gpix, width))
 
         loop = rf.reference_scores(
             star.wave,
@@ -110,7 +109,9 @@ def test_loop_scores_equal_vectorised(case, metric):
             width=width,
             metric=metric,
         )
-        np.testing.assert_allclose(loop, fast, rtol=1e-8)
+        # the fast path rebins flux/continuum, the loop flux and continuum apart
+        # (the continuum is smooth on a pixel): the scores agree to ~1e-5
+        np.testing.assert_allclose(loop, fast, rtol=1e-4)
         assert np.argmin(loop) == np.argmin(fast)
 
 
