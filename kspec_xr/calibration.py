@@ -216,6 +216,33 @@ def _savgol_with_variance(values, variance, *, window: int, order: int):
     return smoothed, np.where(np.isfinite(variance), var, np.nan)
 
 
+def _clipped_mean(cal, var, usable, *, sigma: float, iterations: int):
+    """Inverse-variance mean over stars (axis 0) with iterative σ-clipping (NumPy kernel).
+
+    Returns the mean, its variance, the fractional RMS of the kept stars about
+    it and the (S, P) mask of kept values.  A star is clipped at a pixel only
+    while more than two stars remain there.
+    """
+    with np.errstate(divide="ignore", invalid="ignore"):
+        inv = np.where(usable, 1.0 / var, 0.0)
+        data = np.where(usable, cal, 0.0)
+        keep = usable
+        for _ in range(iterations):
+            w = np.where(keep, inv, 0.0)
+            wsum = w.sum(axis=0)
+            mean = (w * data).sum(axis=0) / wsum
+            pull = np.abs(cal - mean) / np.sqrt(var + 1.0 / wsum)
+            keep = usable & ((pull <= sigma) | (keep.sum(axis=0) <= 2))
+        w = np.where(keep, inv, 0.0)
+        wsum = w.sum(axis=0)
+        mean = np.where(wsum > 0, (w * data).sum(axis=0) / wsum, np.nan)
+        mean_var = np.where(wsum > 0, 1.0 / wsum, np.nan)
+        n = keep.sum(axis=0)
+        rel = np.where(keep, cal / mean - 1.0, 0.0)
+        rms = np.where(n > 1, np.sqrt((rel**2).sum(axis=0) / np.maximum(n - 1, 1)), np.nan)
+    return mean, mean_var, rms, keep
+
+
 def combine_calibrations(
     ds: xr.Dataset,
     /,
@@ -259,25 +286,20 @@ def combine_calibrations(
     flagged ``CALIB_INTERP``.  A single star passes through unchanged.
     """
     cal = ds["std_calibration"]
-    var = ds["std_calibration_variance"]
     flags = ds["std_calibration_mask"]
     usable = flags == 0
-    keep = usable
-    for _ in range(iterations):
-        w = (1.0 / var).where(keep, 0.0)
-        wsum = w.sum("standard").where(lambda x: x > 0)
-        mean = (w * cal.where(keep, 0.0)).sum("standard") / wsum
-        pull = np.abs(cal - mean) / np.sqrt(var + 1.0 / wsum)
-        # a star is only clipped when others remain to stand in for it
-        nkeep = keep.sum("standard")
-        keep = usable & ((pull <= sigma) | (nkeep <= 2))
-    w = (1.0 / var).where(keep, 0.0)
-    wsum = w.sum("standard")
-    combined = (w * cal.where(keep, 0.0)).sum("standard") / wsum.where(wsum > 0)
-    combined_var = 1.0 / wsum.where(wsum > 0)
+    combined, combined_var, rms, keep = xr.apply_ufunc(
+        _clipped_mean,
+        cal,
+        ds["std_calibration_variance"],
+        usable,
+        input_core_dims=[["standard", "wavelength"]] * 3,
+        output_core_dims=[["wavelength"]] * 3 + [["standard", "wavelength"]],
+        kwargs={"sigma": float(sigma), "iterations": int(iterations)},
+        dask="parallelized",
+        output_dtypes=[float, float, float, bool],
+    )
     nstars = keep.sum("standard")
-    rel = (cal / combined).where(keep)
-    rms = np.sqrt(((rel - 1.0) ** 2).sum("standard") / np.maximum(nstars - 1, 1)).where(nstars > 1)
 
     gap = nstars == 0
     filled, filled_var = xr.apply_ufunc(
