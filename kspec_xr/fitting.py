@@ -106,8 +106,8 @@ def _grid_arrays(prep: xr.Dataset, alpha: float) -> tuple[PreparedGrid, np.ndarr
     sub = prep.isel(template=keep)
     grid = PreparedGrid(
         loglam=np.asarray(sub["loglam"].values, dtype=float),
-        flux=np.asarray(sub["flux"].values, dtype=float),
-        continuum=np.asarray(sub["continuum"].values, dtype=float),
+        flux=sub["flux"].values,
+        continuum=sub["continuum"].values,
         params=np.stack([sub[p].values for p in ("teff", "logg", "mh")], axis=1).astype(float),
         mags=np.asarray(sub["mags"].values, dtype=float),
         pairs=colour_pair_indices([str(b) for b in sub["band"].values]),

@@ -52,8 +52,11 @@ class PreparedGrid:
 
     def __init__(self, loglam, flux, continuum, params, mags, pairs, oversample: int = 1):
         self.loglam = np.asarray(loglam, dtype=float)  # (L,) ln λ of the working grid
-        self.flux = np.asarray(flux, dtype=float)  # (T, L) at the instrument resolution
-        self.continuum = np.asarray(continuum, dtype=float)  # (T, L)
+        # (T, L) at the instrument resolution, kept in the prepared grid's dtype
+        # (float32): whole-grid work happens on the binned scoring grid, and
+        # the few nodes of a final model are taken in float64 (``node_rows``)
+        self.flux = np.asarray(flux)
+        self.continuum = np.asarray(continuum)
         self.params = np.asarray(params, dtype=float)  # (T, 3) teff, logg, mh
         self.mags = np.asarray(mags, dtype=float)  # (T, B) synthetic AB mags
         self.pairs = np.asarray(pairs)  # (k, 2) band indices of the colours used
@@ -72,9 +75,10 @@ class PreparedGrid:
         """(T, L) templates divided by their own continuum."""
         return self.flux / self.continuum
 
-    @cached_property
-    def log_continuum(self) -> np.ndarray:
-        return np.log(self.continuum)
+    def node_rows(self, nodes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(n, L) float64 normalised spectra and log continua of a few nodes."""
+        cont = self.continuum[nodes].astype(float)
+        return self.flux[nodes] / cont, np.log(cont)
 
     @cached_property
     def _cumulative(self) -> np.ndarray:
@@ -103,7 +107,7 @@ class PreparedGrid:
         n = (self.loglam.size // factor) * factor
 
         def mean(a):
-            return a[..., :n].reshape(*a.shape[:-1], n // factor, factor).mean(-1)
+            return a[..., :n].reshape(*a.shape[:-1], n // factor, factor).mean(-1, dtype=float)
 
         lam = np.exp(self.loglam[:n]).reshape(-1, factor)
         centres = np.log(np.sqrt(lam[:, 0] * lam[:, -1]))
@@ -374,8 +378,9 @@ def fit_star(
     # between nodes: continuum interpolated in log (Planck-like shapes mix
     # geometrically), line pattern linearly; magnitudes linearly (= log flux)
     nodes = candidates[used]
-    fine_cont = np.exp(weights[used] @ grid.log_continuum[nodes])
-    fine_model = fine_cont * (weights[used] @ grid.norm[nodes])
+    node_norm, node_log_cont = grid.node_rows(nodes)
+    fine_cont = np.exp(weights[used] @ node_log_cont)
+    fine_model = fine_cont * (weights[used] @ node_norm)
     model_mags = weights[used] @ grid.mags[nodes]
 
     scorer_chi2 = Scorer(obs_norm, w, "chi2")
