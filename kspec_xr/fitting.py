@@ -88,6 +88,24 @@ _GRIDS: OrderedDict = OrderedDict()
 _GRIDS_KEPT = 2
 
 
+class _Rows:
+    """Rows of a (template, loglam) array, read when asked for.
+
+    A prepared grid opened from the cache keeps its full-resolution templates
+    on disk; a star's final model needs only the few nodes around it.
+    """
+
+    def __init__(self, da: xr.DataArray):
+        self._da = da
+        self.shape = da.shape
+
+    def __getitem__(self, rows) -> np.ndarray:
+        return np.asarray(self._da.isel(template=np.asarray(rows)).values)
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        return np.asarray(self._da.values, dtype=dtype)
+
+
 def _grid_arrays(prep: xr.Dataset, alpha: float) -> tuple[PreparedGrid, np.ndarray]:
     # the cache key names the whole prepared grid; a subset of it (``isel``)
     # keeps that attribute, so the templates' parameters are part of the key
@@ -104,14 +122,28 @@ def _grid_arrays(prep: xr.Dataset, alpha: float) -> tuple[PreparedGrid, np.ndarr
     chosen = alphas[np.argmin(np.abs(alphas - alpha))]
     keep = np.flatnonzero(alphas == chosen)
     sub = prep.isel(template=keep)
+    params = np.stack([sub[p].values for p in ("teff", "logg", "mh")], axis=1).astype(float)
+    mags = np.asarray(sub["mags"].values, dtype=float)
+    pairs = colour_pair_indices([str(b) for b in sub["band"].values])
+    scoring = None
+    if "scoring_flux" in sub:
+        scoring = PreparedGrid(
+            sub["loglam_scoring"].values,
+            sub["scoring_flux"].values,
+            sub["scoring_continuum"].values,
+            params,
+            mags,
+            pairs,
+        )
     grid = PreparedGrid(
         loglam=np.asarray(sub["loglam"].values, dtype=float),
-        flux=sub["flux"].values,
-        continuum=sub["continuum"].values,
-        params=np.stack([sub[p].values for p in ("teff", "logg", "mh")], axis=1).astype(float),
-        mags=np.asarray(sub["mags"].values, dtype=float),
-        pairs=colour_pair_indices([str(b) for b in sub["band"].values]),
+        flux=_Rows(sub["flux"]),
+        continuum=_Rows(sub["continuum"]),
+        params=params,
+        mags=mags,
+        pairs=pairs,
         oversample=int(prep.attrs.get("oversample", 1)),
+        scoring=scoring,
     )
     if key[0]:
         _GRIDS[key] = (grid, keep)

@@ -27,7 +27,13 @@ from functools import cached_property
 import numpy as np
 
 from .photometry import ColourChi2
-from .resample import cumulative, edges_from_centers, rebin_cumulative
+from .resample import (
+    bin_log_grid,
+    bin_pixels,
+    cumulative,
+    edges_from_centers,
+    rebin_cumulative,
+)
 from .rv import C_KMS, parabola_peak, xcorr_velocity
 
 __all__ = [
@@ -50,17 +56,23 @@ class PreparedGrid:
     exposure; the derived arrays are computed on first use.
     """
 
-    def __init__(self, loglam, flux, continuum, params, mags, pairs, oversample: int = 1):
+    def __init__(
+        self, loglam, flux, continuum, params, mags, pairs, oversample: int = 1, scoring=None
+    ):
         self.loglam = np.asarray(loglam, dtype=float)  # (L,) ln λ of the working grid
         # (T, L) at the instrument resolution, kept in the prepared grid's dtype
         # (float32): whole-grid work happens on the binned scoring grid, and
         # the few nodes of a final model are taken in float64 (``node_rows``)
-        self.flux = np.asarray(flux)
-        self.continuum = np.asarray(continuum)
+        # (an array, or anything whose [rows] gives arrays: fitting._Rows)
+        self.flux = flux
+        self.continuum = continuum
         self.params = np.asarray(params, dtype=float)  # (T, 3) teff, logg, mh
         self.mags = np.asarray(mags, dtype=float)  # (T, B) synthetic AB mags
         self.pairs = np.asarray(pairs)  # (k, 2) band indices of the colours used
         self.oversample = int(oversample)  # working pixels per exposure pixel
+        if scoring is not None:  # the binned grid, when the prepared grid stores it
+            scoring.__dict__.update(lattice=self.lattice, axes=self.axes)
+            self.__dict__["scoring"] = scoring
 
     @property
     def dlnl(self) -> float:
@@ -104,15 +116,13 @@ class PreparedGrid:
         """The grid with ``factor`` working pixels averaged into one (for scoring)."""
         if factor <= 1:
             return self
-        n = (self.loglam.size // factor) * factor
-
-        def mean(a):
-            return a[..., :n].reshape(*a.shape[:-1], n // factor, factor).mean(-1, dtype=float)
-
-        lam = np.exp(self.loglam[:n]).reshape(-1, factor)
-        centres = np.log(np.sqrt(lam[:, 0] * lam[:, -1]))
         coarse = PreparedGrid(
-            centres, mean(self.flux), mean(self.continuum), self.params, self.mags, self.pairs
+            bin_log_grid(self.loglam, factor),
+            bin_pixels(self.flux, factor),
+            bin_pixels(self.continuum, factor),
+            self.params,
+            self.mags,
+            self.pairs,
         )
         coarse.__dict__.update(lattice=self.lattice, axes=self.axes)  # shared
         return coarse

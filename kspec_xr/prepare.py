@@ -24,13 +24,19 @@ import xarray as xr
 from ._atomic import atomic_output
 from ._paths import cache_dir
 from .errors import CalibrationError, TemplateError
-from .resample import SIGMA_PER_FWHM, edges_from_centers, resample_matrix
+from .resample import (
+    SIGMA_PER_FWHM,
+    bin_log_grid,
+    bin_pixels,
+    edges_from_centers,
+    resample_matrix,
+)
 from .rv import C_KMS
 
 __all__ = ["prepare_templates", "fwhm_at", "PREPARE_VERSION"]
 
 #: bump when the prepared product changes, so old cache entries are not reused
-PREPARE_VERSION = 1
+PREPARE_VERSION = 2
 
 #: broad bands whose synthetic magnitudes are stored with the prepared grid
 #: (those the grid's wavelength range covers)
@@ -180,7 +186,13 @@ def _build(grid: xr.DataArray, wavelength: np.ndarray, fwhm: np.ndarray, *, vmax
     coords["wavelength"] = ("loglam", work, {"units": "Angstrom", "long_name": "wavelength"})
     coords["loglam"] = ("loglam", np.log(work), {"units": "1", "long_name": "ln(wavelength/Å)"})
     coords["band"] = ("band", np.array(bands, dtype=str))
+    coords["loglam_scoring"] = (
+        "loglam_scoring",
+        bin_log_grid(np.log(work), oversample),
+        {"units": "1", "long_name": "ln(wavelength/Å), binned to about one exposure pixel"},
+    )
     units = stacked.attrs.get("units", "erg/s/cm2/A")
+    binned = {"dims": ("template", "loglam_scoring"), "attrs": {"units": units}}
     return xr.Dataset(
         {
             "flux": (
@@ -197,6 +209,18 @@ def _build(grid: xr.DataArray, wavelength: np.ndarray, fwhm: np.ndarray, *, vmax
                 ("template", "band"),
                 mags,
                 {"units": "mag", "long_name": "synthetic AB magnitude of the surface flux"},
+            ),
+            # the grid the templates are ranked on, stored so that a new process
+            # reads it whole and the full-resolution arrays only row by row
+            "scoring_flux": (
+                binned["dims"],
+                bin_pixels(conv_flux, oversample).astype("float32"),
+                binned["attrs"],
+            ),
+            "scoring_continuum": (
+                binned["dims"],
+                bin_pixels(conv_cont, oversample).astype("float32"),
+                binned["attrs"],
             ),
         },
         coords=coords,
@@ -294,11 +318,11 @@ def prepare_templates(
         key = _cache_key(grid, wave, fwhm_pix, vmax, oversample)
         path = Path(folder) / f"prepared-{key}.nc"
         loaded = _MEMORY.get(path)
-        if loaded is not None and path.exists():
-            return loaded
+        if loaded is not None and path.exists() and loaded[0] == _stamp(path):
+            return loaded[1]
         if path.exists():
             try:
-                return _remember(path, xr.load_dataset(path))
+                return _remember(path, _open_prepared(path))
             except Exception:  # a damaged cache entry is rebuilt, never trusted
                 path.unlink(missing_ok=True)
 
@@ -325,14 +349,34 @@ def prepare_templates(
     return prepared
 
 
+def _open_prepared(path: Path) -> xr.Dataset:
+    """A cached prepared grid: everything in memory but the full-resolution templates.
+
+    ``flux`` and ``continuum`` stay on disk and are read a few rows at a time
+    (the nodes of a star's final model); the binned scoring grid is what the
+    fit reads whole.
+    """
+    ds = xr.open_dataset(path)
+    for name in ds.variables:
+        if name not in ("flux", "continuum"):
+            ds[name].load()
+    return ds
+
+
 #: the prepared grids this process loaded last (a night's exposures share a setup)
-_MEMORY: dict[Path, xr.Dataset] = {}
+_MEMORY: dict[Path, tuple[tuple[int, int], xr.Dataset]] = {}
 _MEMORY_KEPT = 2
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    """(mtime, size) of a cache file: a replaced or damaged file is read again."""
+    info = path.stat()
+    return info.st_mtime_ns, info.st_size
 
 
 def _remember(path: Path, prepared: xr.Dataset) -> xr.Dataset:
     _MEMORY.pop(path, None)
-    _MEMORY[path] = prepared
+    _MEMORY[path] = (_stamp(path), prepared)
     while len(_MEMORY) > _MEMORY_KEPT:
         _MEMORY.pop(next(iter(_MEMORY)))
     return prepared

@@ -187,3 +187,15 @@ def rebin_cumulative(
         lo, hi = cum[np.ix_(rows, j)], cum[np.ix_(rows, j + 1)]
     at = lo + frac * (hi - lo)
     return np.diff(at, axis=-1) / np.diff(x)
+
+
+def bin_log_grid(loglam: np.ndarray, factor: int) -> np.ndarray:
+    """Centres (ln λ) of a log-uniform grid with every ``factor`` pixels merged into one."""
+    n = (loglam.size // factor) * factor
+    return loglam[:n].reshape(-1, factor).mean(axis=1)
+
+
+def bin_pixels(values: np.ndarray, factor: int) -> np.ndarray:
+    """Mean of every ``factor`` consecutive pixels along the last axis (float64)."""
+    n = (values.shape[-1] // factor) * factor
+    return values[..., :n].reshape(*values.shape[:-1], n // factor, factor).mean(-1, dtype=float)
