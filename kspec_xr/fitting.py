@@ -89,18 +89,31 @@ _GRIDS_KEPT = 2
 
 
 class _Rows:
-    """Rows of a (template, loglam) array, read when asked for.
+    """Rows of a (template, loglam) array, read when asked for and kept.
 
     A prepared grid opened from the cache keeps its full-resolution templates
-    on disk; a star's final model needs only the few nodes around it.
+    on disk; a star's final model needs only the few nodes around it, and a
+    night's standards keep needing the same ones.
     """
 
-    def __init__(self, da: xr.DataArray):
+    def __init__(self, da: xr.DataArray, *, kept: int = 256):
         self._da = da
         self.shape = da.shape
+        self._rows: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._kept = kept
 
     def __getitem__(self, rows) -> np.ndarray:
-        return np.asarray(self._da.isel(template=np.asarray(rows)).values)
+        rows = np.atleast_1d(np.asarray(rows))
+        missing = [int(r) for r in rows if int(r) not in self._rows]
+        if missing:
+            values = np.asarray(self._da.isel(template=missing).values)
+            self._rows.update(zip(missing, values, strict=True))
+        for r in rows:
+            self._rows.move_to_end(int(r))
+        out = np.stack([self._rows[int(r)] for r in rows])
+        while len(self._rows) > self._kept:
+            self._rows.popitem(last=False)
+        return out
 
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
         return np.asarray(self._da.values, dtype=dtype)

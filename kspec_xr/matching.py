@@ -248,7 +248,7 @@ def _refine(lattice, norm_t, smooth_t, mags_t, scorer, colours, inflate, start):
             start.astype(float),
             method="Powell",
             bounds=list(zip(lo, hi, strict=True)),
-            options={"xtol": 1e-2, "ftol": 1e-5},
+            options={"xtol": 2e-2, "ftol": 1e-4},
         )
         if result.fun < best_value:
             best_x, best_value = result.x, float(result.fun)
