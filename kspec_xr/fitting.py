@@ -103,7 +103,9 @@ class _Rows:
         self._kept = kept
 
     def __getitem__(self, rows) -> np.ndarray:
-        rows = np.atleast_1d(np.asarray(rows))
+        if np.ndim(rows) == 0:
+            return self[[rows]][0]
+        rows = np.asarray(rows)
         missing = [int(r) for r in rows if int(r) not in self._rows]
         if missing:
             values = np.asarray(self._da.isel(template=missing).values)
