@@ -78,6 +78,13 @@ def _exposures(folder: Path, n: int, distinct: list[Path]) -> list[Path]:
     return out
 
 
+def _import_modules():
+    import importlib
+
+    for name in ("kspec_xr.pipeline", "kspec_xr.templates", "kspec_xr.prepare", "kspec_xr.io"):
+        importlib.import_module(name)
+
+
 def _run(paths, out_dir, catalog, workers):
     cluster = LocalCluster(
         n_workers=workers,
@@ -88,7 +95,8 @@ def _run(paths, out_dir, catalog, workers):
     )
     client = Client(cluster)
     try:
-        client.run(lambda: __import__("kspec_xr.pipeline"))  # imports outside the clock
+        # module imports (not data) outside the clock, as in a long-lived worker
+        client.run(_import_modules)
         with PeakMemory() as memory:
             t0 = time.perf_counter()
             summary = kx.calibrate_many(
