@@ -248,7 +248,7 @@ def fit_standards(
     fwhm : float, sequence or callable, optional
         Instrument FWHM in Å; ``None`` reads ``SPECFWHM`` from the header.
     metric : {"chi2", "huber"}
-        Score of a template against the continuum-normalised star.
+        Score of a template against the star, both divided by their running mean.
     vmax : float
         Radial-velocity search range, ±km/s.
     alpha : float

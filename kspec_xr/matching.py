@@ -5,18 +5,21 @@ For one star (observed counts on the exposure's pixels) and a prepared grid
 
 1. estimates the radial velocity by FFT cross-correlation on the ln λ grid
    against the templates that best match the star's colours;
-2. rebins every candidate template, shifted to that velocity, onto the
-   exposure's pixels from their running integrals (all templates at once);
-3. continuum-normalises the star (a robust low-order fit of star / template
-   line pattern) and every template (its own continuum), and scores each
-   candidate with χ² or Huber over the unmasked pixels (matrix products);
+2. rebins every candidate template (the nodes in the star's colour Teff
+   box), shifted to that velocity, onto the exposure's pixels from their
+   running integrals — all templates at once;
+3. divides the star and every template by their own running mean over
+   ~150 Å (same pixel weights), so the throughput and every broad shape drop
+   out of both alike, and scores each candidate with χ² or Huber over the
+   unmasked pixels (matrix products), a 1 % template error added to the noise;
 4. adds the colour χ² of the candidate's synthetic photometry, after
    rescaling the spectral χ² so the best fit has χ²/dof = 1 (template
    mismatch must not drown the colours, which fix the continuum slope);
-5. refines (Teff, log g, [M/H]) between grid nodes with a quadratic fit of
-   that score around the best node, refines the velocity with a parabola in
-   χ² against the interpolated model, and returns the model spectrum on the
-   exposure's pixels with its synthetic magnitudes.
+5. refines (Teff, log g, [M/H]) between grid nodes by minimising that score
+   over multilinear mixes of the neighbouring nodes (Powell), refines the
+   velocity with parabolas in χ² against the interpolated model, and returns
+   the model spectrum on the exposure's pixels (continuum interpolated in log,
+   lines linearly) with its synthetic magnitudes.
 """
 
 from __future__ import annotations
@@ -422,7 +425,7 @@ def fit_star(
 
 
 class Scorer:
-    """Scores of model spectra against one continuum-normalised star.
+    """Scores of model spectra against one normalised star (divided by its running mean).
 
     ``chi2``: Σ w (obs − m)²; ``huber``: 2 Σ ρ_Huber((obs − m)·√w).  The
     star's terms are computed once; a model costs two dot products (χ²).
