@@ -23,6 +23,8 @@ from .regions import in_regions
 from .standards import standard_index
 
 __all__ = [
+    "standards_used",
+    "standard_reasons",
     "scale_to_photometry",
     "star_calibrations",
     "combine_calibrations",
@@ -50,6 +52,33 @@ STELLAR_LINES = (
 )
 
 _LN10_04 = 0.4 * np.log(10.0)
+
+
+def standards_used(ds: xr.Dataset, /) -> xr.DataArray:
+    """Which standards the calibration uses (lazy-safe): matched, fitted and scaled."""
+    used = ds["standard_reason"] == ""
+    if "fit_status" in ds:  # 3 = no colours: the spectrum alone set Teff, still usable
+        used = used & ((ds["fit_status"] == 0) | (ds["fit_status"] == 3))
+    if "scale" in ds:
+        used = used & np.isfinite(ds["scale"])
+    return used
+
+
+def standard_reasons(ds: xr.Dataset, /) -> np.ndarray:
+    """Why each standard is not used ('' when it is), from computed values."""
+    from .fitting import FIT_STATUS
+
+    reasons = np.asarray(ds["standard_reason"].values).astype(object)
+    status = np.asarray(ds["fit_status"].values) if "fit_status" in ds else None
+    scale = np.asarray(ds["scale"].values) if "scale" in ds else None
+    for k, reason in enumerate(reasons):
+        if reason:
+            continue
+        if status is not None and status[k] not in (0, 3):
+            reasons[k] = "template fit failed: " + FIT_STATUS[int(status[k])].replace("_", " ")
+        elif scale is not None and not np.isfinite(scale[k]):
+            reasons[k] = "no photometric scale (no catalogue band covered by the grid)"
+    return reasons.astype(str)
 
 
 def scale_to_photometry(ds: xr.Dataset, /, *, error_floor: float = MAG_ERROR_FLOOR) -> xr.Dataset:
@@ -163,7 +192,7 @@ def star_calibrations(
         if mask_lines
         else xr.zeros_like(cal, dtype=bool)
     )
-    used = ds["standard_reason"] == ""
+    used = standards_used(ds)
     invalid = (
         ~np.isfinite(cal) | (cal <= 0) | ~np.isfinite(var) | (var <= 0) | (pixmask != 0) | ~used
     )
@@ -361,7 +390,7 @@ def calibration_header(ds: xr.Dataset, /) -> xr.Dataset:
     """
     from .io import with_header_cards
 
-    reason = np.asarray(ds["standard_reason"].values).astype(str)
+    reason = standard_reasons(ds)
     used = reason == ""
     good = np.asarray(ds["calibration_mask"].values) == 0
     rms = np.asarray(ds["calibration_rms"].values)[good]

@@ -87,7 +87,9 @@ def _fluxcal(args) -> int:
         from .qc import plot_calibration
 
         plot_calibration(out, args.qc_plot)
-    n_used = int((out["standard_reason"] == "").sum())
+    from .calibration import standards_used
+
+    n_used = int(standards_used(out).sum())
     print(f"{args.input} -> {output}: {n_used}/{out.sizes['standard']} standards used")
     return 0
 

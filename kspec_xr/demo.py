@@ -48,7 +48,9 @@ def accuracy_report(out, truth) -> dict[str, float]:
     pulls = ((flux - true) / np.sqrt(var))[usable]
     report["pull_std"] = float(np.std(pulls[np.isfinite(pulls)]))
 
-    used = np.asarray(out["standard_reason"].values) == ""
+    from .calibration import standards_used
+
+    used = np.asarray(standards_used(out).values)
     order = np.argsort(np.asarray(truth["standard_fiber"].values))
     fit_teff = np.asarray(out["fit_teff"].values)
     fit_rv = np.asarray(out["fit_rv"].values)

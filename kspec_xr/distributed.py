@@ -132,7 +132,9 @@ def _calibrate(job: dict) -> dict:
     write_red(out, output, overwrite=overwrite)
     n_standards = int(out.sizes.get("standard", 0))
     if "standard_reason" in out:
-        n_used = int((out["standard_reason"] == "").sum())
+        from .calibration import standards_used
+
+        n_used = int(standards_used(out).sum())
     else:
         n_used = n_standards
     rms = math.nan
@@ -449,7 +451,7 @@ def calibrate_many(
     pandas.DataFrame
         One row per input, in input order: ``input``, ``output``, ``status``
         (``'ok'``, ``'failed'``, ``'skipped'``), ``n_standards``, ``n_used``
-        (standards with an empty ``standard_reason``), ``rms`` (median of
+        (:func:`kspec_xr.calibration.standards_used`), ``rms`` (median of
         ``calibration_rms``), ``seconds`` (task wall time) and ``error`` (one
         line naming the file).  Also written atomically to
         ``out_dir / "kspec_xr_batch_summary.csv"``.

@@ -24,12 +24,15 @@ __all__ = ["plot_calibration", "standards_table"]
 
 def standards_table(ds: xr.Dataset, /) -> str:
     """A plain-text table of the standards: fiber, parameters, RV, scale, status."""
+    from .calibration import standard_reasons
+
+    reasons = standard_reasons(ds)
     rows = [
         f"{'std':>3s} {'fiber':>5s} {'name':12s} {'Teff':>6s} {'logg':>5s} {'[M/H]':>6s} "
         f"{'RV':>8s} {'scale err':>9s} {'chi2r':>6s}  status"
     ]
     for k in range(ds.sizes["standard"]):
-        reason = str(ds["standard_reason"].values[k]) or "used"
+        reason = reasons[k] or "used"
         scale_err = float(ds["scale_err"].values[k] / ds["scale"].values[k])
         rows.append(
             f"{k:3d} {int(ds['standard_fiber'].values[k]):5d} "
@@ -101,7 +104,9 @@ def plot_calibration(ds: xr.Dataset, /, path: str | os.PathLike | None = None):
 
     ax = axes[1]
     _shade_masked(ax, wave, calmask)
-    used = ds["standard_reason"].values == ""
+    from .calibration import standard_reasons
+
+    used = standard_reasons(ds) == ""
     for k in range(ds.sizes["standard"]):
         ratio = ds["std_calibration"].values[k] / cal
         valid = ds["std_calibration_mask"].values[k] == 0

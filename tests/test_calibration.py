@@ -244,3 +244,22 @@ def test_a_subset_of_a_prepared_grid_is_its_own_grid(sim, prepared):
         sim.red.pipe(kx.select_standards).pipe(kx.associate_catalog, sim.catalog_path), prepared
     ).compute()
     assert float(full["fit_teff"].min()) < 6000  # the simulated standards start at 5700 K
+
+
+def test_fully_masked_standard_is_flagged_not_used(sim, prepared, tmp_path):
+    ds = sim.red.copy(deep=True)
+    fiber = int(np.flatnonzero(ds["fiber_type"].values == "C")[2])
+    ds["flux"].values[fiber] = np.nan
+    ds["mask"] = ds["mask"] | kx.maskbits.data_mask(ds["flux"].values, ds["variance"].values)
+    out = kx.flux_calibrate(ds, catalog=sim.catalog_path, templates=prepared).compute()
+    assert int(out["fit_status"].values[2]) == 1
+    assert not bool(kx.calibration.standards_used(out)[2])
+    reasons = kx.calibration.standard_reasons(out)
+    assert reasons[2] == "template fit failed: too few pixels"
+    assert np.all(reasons[[0, 1, 3, 4, 5]] == "")
+    assert np.all(out["std_calibration_mask"].values[2] & bit("CALIB_INVALID"))
+    report = accuracy_report(out, sim.truth)
+    assert report["cal_median_abs_dev"] < 0.015
+    header = kx.primary_header(kx.open_red(kx.write_red(out, tmp_path / "masked.fits")))
+    assert header["FCALNSTR"] == 5
+    assert "not used: template fit failed" in " ".join(str(h) for h in header["HISTORY"])
