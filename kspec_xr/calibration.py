@@ -17,6 +17,7 @@ import numpy as np
 import xarray as xr
 from scipy.signal import savgol_coeffs, savgol_filter
 
+from .errors import CalibrationError
 from .io import add_history
 from .maskbits import bit
 from .regions import in_regions
@@ -387,11 +388,23 @@ def calibration_header(ds: xr.Dataset, /) -> xr.Dataset:
     per standard (fiber, name, Teff, log g, [M/H], RV, scale ± error, or why it
     was not used).  Needs computed values: :func:`kspec_xr.write_red` applies
     it to a calibrated exposure as it writes.
+
+    Raises
+    ------
+    CalibrationError
+        No standard could be used (every fit or scale failed): nothing is
+        written.
     """
     from .io import with_header_cards
 
     reason = standard_reasons(ds)
     used = reason == ""
+    if not used.any():
+        raise CalibrationError(
+            "no standard star could be used, so there is no flux calibration to write ("
+            + "; ".join(f"standard {k}: {r}" for k, r in enumerate(reason))
+            + ")"
+        )
     good = np.asarray(ds["calibration_mask"].values) == 0
     rms = np.asarray(ds["calibration_rms"].values)[good]
     rms = float(np.nanmedian(rms)) if np.any(np.isfinite(rms)) else float("nan")

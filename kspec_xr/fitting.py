@@ -295,6 +295,13 @@ def fit_standards(
     grid, keep = _grid_arrays(prep, alpha)
     bands = [str(b) for b in prep["band"].values]
 
+    observed = [str(b) for b in ds["band"].values if np.isfinite(ds["std_mag"].sel(band=b)).any()]
+    if not set(observed) & set(bands):
+        raise CalibrationError(
+            f"none of the catalogue's bands ({', '.join(observed) or 'none'}) is covered by the "
+            f"template grid (it covers {', '.join(bands) or 'none'}); give a catalogue with "
+            "Gaia or Pan-STARRS photometry, or a grid that reaches the catalogue's bands"
+        )
     mags = ds["std_mag"].reindex(band=bands)
     errs = ds["std_mag_err"].reindex(band=bands)
     grid_mags = prep["mags"].isel(template=keep).assign_coords(teff=("template", grid.params[:, 0]))

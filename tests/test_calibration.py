@@ -263,3 +263,26 @@ def test_fully_masked_standard_is_flagged_not_used(sim, prepared, tmp_path):
     header = kx.primary_header(kx.open_red(kx.write_red(out, tmp_path / "masked.fits")))
     assert header["FCALNSTR"] == 5
     assert "not used: template fit failed" in " ".join(str(h) for h in header["HISTORY"])
+
+
+def test_catalogue_bands_outside_the_grid_are_an_error(sim, prepared, tmp_path):
+    cat = sim.catalog.copy()
+    for column in ("Gaia", "BP", "RP", "g", "r", "i", "z"):
+        cat[column] = np.nan
+    cat["J"], cat["dJ"] = 15.0, 0.02
+    path = tmp_path / "only_2mass.csv"
+    cat.to_csv(path, index=False)
+    ds = sim.red.pipe(kx.select_standards).pipe(kx.associate_catalog, path)
+    with pytest.raises(CalibrationError, match="twomass-J"):
+        kx.fit_standards(ds, prepared)
+
+
+def test_nothing_is_written_when_no_standard_is_usable(sim, prepared, tmp_path):
+    ds = sim.red.copy(deep=True)
+    standards = np.flatnonzero(ds["fiber_type"].values == "C")
+    ds["flux"].values[standards] = np.nan
+    ds["mask"] = ds["mask"] | kx.maskbits.data_mask(ds["flux"].values, ds["variance"].values)
+    out = kx.flux_calibrate(ds, catalog=sim.catalog_path, templates=prepared)
+    with pytest.raises(CalibrationError, match="no standard star could be used"):
+        kx.write_red(out, tmp_path / "none.fits")
+    assert not list(tmp_path.iterdir())
