@@ -27,9 +27,10 @@ from pathlib import Path
 
 import pandas as pd
 import psutil
-from distributed import Client, LocalCluster
+from distributed import Client
 
 import kspec_xr as kx
+from kspec_xr.distributed import local_cluster
 from kspec_xr.testing import make_exposure
 
 
@@ -79,23 +80,19 @@ def _exposures(folder: Path, n: int, distinct: list[Path]) -> list[Path]:
 
 
 def _import_modules():
+    """Import every kspec_xr module (code, not data), as a long-lived worker has."""
     import importlib
+    import pkgutil
 
-    for name in ("kspec_xr.pipeline", "kspec_xr.templates", "kspec_xr.prepare", "kspec_xr.io"):
-        importlib.import_module(name)
+    for module in pkgutil.iter_modules(kx.__path__):
+        if module.name not in ("cli", "demo", "testing"):
+            importlib.import_module(f"kspec_xr.{module.name}")
 
 
 def _run(paths, out_dir, catalog, workers):
-    cluster = LocalCluster(
-        n_workers=workers,
-        threads_per_worker=1,
-        processes=True,
-        host="127.0.0.1",
-        dashboard_address=None,
-    )
-    client = Client(cluster)
-    try:
-        # module imports (not data) outside the clock, as in a long-lived worker
+    # the cluster calibrate_many starts itself when client=None, started here so
+    # that its start-up is outside the clock
+    with local_cluster(workers) as cluster, Client(cluster) as client:
         client.run(_import_modules)
         with PeakMemory() as memory:
             t0 = time.perf_counter()
@@ -103,9 +100,6 @@ def _run(paths, out_dir, catalog, workers):
                 paths, out_dir, catalog=catalog, client=client, progress=False, overwrite=True
             )
             seconds = time.perf_counter() - t0
-    finally:
-        client.close()
-        cluster.close()
     failed = int((summary["status"] != "ok").sum())
     return seconds, memory.peak, failed
 

@@ -26,7 +26,13 @@ import pandas as pd
 from ._atomic import atomic_output
 from .errors import KspecError
 
-__all__ = ["calibrate_many", "SUMMARY_NAME", "SUMMARY_COLUMNS"]
+__all__ = [
+    "calibrate_many",
+    "local_cluster",
+    "worker_environment",
+    "SUMMARY_NAME",
+    "SUMMARY_COLUMNS",
+]
 
 #: file name of the batch summary, written in ``out_dir``
 SUMMARY_NAME = "kspec_xr_batch_summary.csv"
@@ -285,7 +291,7 @@ def _same_file(a: Path, b: Path) -> bool:
 @contextlib.contextmanager
 def _connect(client, workers: int | None, n_jobs: int):
     """Yield a ``distributed.Client``: the caller's, one for an address, or a LocalCluster."""
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
     if isinstance(client, Client):
         yield client
@@ -302,7 +308,35 @@ def _connect(client, workers: int | None, n_jobs: int):
             yield own
         return
     n_workers = workers or max(1, min(os.cpu_count() or 1, n_jobs))
+    with local_cluster(n_workers) as cluster, Client(cluster, set_as_default=False) as own:
+        yield own
+
+
+def worker_environment() -> dict:
+    """Environment for worker processes: distributed's defaults less ``MALLOC_TRIM_THRESHOLD_``.
+
+    distributed sets ``MALLOC_TRIM_THRESHOLD_=65536`` in the workers to hand
+    freed memory back to the OS.  Setting it also fixes glibc's mmap threshold
+    at 128 KiB, so every large temporary array of a calibration is a fresh
+    ``mmap`` and its page faults: an exposure took 0.62 s in a worker instead
+    of 0.41 s.  Memory here is bounded by the exposures in flight, so the
+    default allocator is kept.
+    """
+    import dask
+
+    env = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}))
+    env.pop("MALLOC_TRIM_THRESHOLD_", None)
+    return env
+
+
+@contextlib.contextmanager
+def local_cluster(n_workers: int):
+    """The LocalCluster ``calibrate_many`` starts: loopback, one thread per process."""
+    import dask
+    from distributed import LocalCluster
+
     with (
+        dask.config.set({"distributed.nanny.pre-spawn-environ": worker_environment()}),
         LocalCluster(
             n_workers=n_workers,
             threads_per_worker=1,
@@ -313,9 +347,8 @@ def _connect(client, workers: int | None, n_jobs: int):
             scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
             memory_limit="auto",  # the machine's memory shared evenly among the workers
         ) as cluster,
-        Client(cluster, set_as_default=False) as own,
     ):
-        yield own
+        yield cluster
 
 
 def _window(client) -> int:
