@@ -38,30 +38,6 @@ __all__ = ["prepare_templates", "fwhm_at", "PREPARE_VERSION"]
 #: bump when the prepared product changes, so old cache entries are not reused
 PREPARE_VERSION = 2
 
-#: broad bands whose synthetic magnitudes are stored with the prepared grid
-#: (those the grid's wavelength range covers)
-PHOTOMETRY_BANDS = (
-    "gaiadr2-G",
-    "gaiadr2-BP",
-    "gaiadr2-RP",
-    "gaiadr3-G",
-    "gaiadr3-BP",
-    "gaiadr3-RP",
-    "panstarrs-g",
-    "panstarrs-r",
-    "panstarrs-i",
-    "panstarrs-z",
-    "panstarrs-y",
-    "sdss2010-u",
-    "sdss2010-g",
-    "sdss2010-r",
-    "sdss2010-i",
-    "sdss2010-z",
-    "twomass-J",
-    "twomass-H",
-    "twomass-Ks",
-)
-
 FWHM = float | Sequence[float] | Callable[[np.ndarray], np.ndarray]
 
 
@@ -133,7 +109,7 @@ def _stack_templates(grid: xr.DataArray) -> xr.DataArray:
 
 
 def _build(grid: xr.DataArray, wavelength: np.ndarray, fwhm: np.ndarray, *, vmax, oversample):
-    from .photometry import synthetic_mags
+    from .photometry import KNOWN_BANDS, synthetic_mags
 
     if "continuum" not in grid.coords:
         raise TemplateError(
@@ -175,7 +151,8 @@ def _build(grid: xr.DataArray, wavelength: np.ndarray, fwhm: np.ndarray, *, vmax
     if flux.shape[0] == 0:
         raise TemplateError("the template grid holds no complete spectrum")
 
-    bands = [b for b in PHOTOMETRY_BANDS if _covers(native, b)]
+    # every known band the grid covers (speclite curves; see photometry.KNOWN_BANDS)
+    bands = [b for b in KNOWN_BANDS if _covers(native, b)]
     mags = synthetic_mags(native, flux, bands) if bands else np.empty((flux.shape[0], 0))
 
     conv_flux = np.asarray(matrix @ flux.T).T
