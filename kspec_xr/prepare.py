@@ -299,6 +299,7 @@ def prepare_templates(
             return loaded[1]
         if path.exists():
             try:
+                os.utime(path)  # "recently used", for _prune
                 return _remember(path, _open_prepared(path))
             except Exception:  # a damaged cache entry is rebuilt, never trusted
                 path.unlink(missing_ok=True)
@@ -323,7 +324,21 @@ def prepare_templates(
         prepared.attrs["cache_key"] = path.stem
         _atomic_netcdf(prepared, path)
         _remember(path, prepared)
+        _prune(path.parent, keep=CACHE_KEPT)
     return prepared
+
+
+#: prepared grids kept in a cache folder (the most recently used; ~100 MB each
+#: for the 572-template stand-in grid on a 4096-pixel setup)
+CACHE_KEPT = 12
+
+
+def _prune(folder: Path, *, keep: int) -> None:
+    """Delete all but the ``keep`` most recently used prepared grids in ``folder``."""
+    entries = sorted(folder.glob("prepared-*.nc"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in entries[keep:]:
+        if old not in _MEMORY:
+            old.unlink(missing_ok=True)
 
 
 def _open_prepared(path: Path) -> xr.Dataset:

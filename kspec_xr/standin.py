@@ -538,8 +538,9 @@ def standin_grid_path(*, resolution: int = 10000) -> Path:
 
     Notes
     -----
-    Generating the default grid (364 files, ~50 MB) takes about 10 s; one
-    line on standard error says so.  Safe when several processes ask at once:
+    Generating the default grid (572 files, ~80 MB) takes about 15 s; one
+    line on standard error says so, and the grids of earlier generator
+    versions are then removed from the cache.  Safe when several processes ask at once:
     each builds in its own temporary folder and renames it into place; a
     process that loses the race discards its copy and uses the winner's.
     """
@@ -559,8 +560,17 @@ def standin_grid_path(*, resolution: int = 10000) -> Path:
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
+        _remove_older_versions(root, final)
     _BUILT[key] = final
     return final
+
+
+def _remove_older_versions(root: Path, current: Path) -> None:
+    """Delete stand-in grids of this R made by earlier versions of the generator (~80 MB each)."""
+    prefix = current.name.rsplit("-", 1)[0] + "-"
+    for old in root.glob(prefix + "*"):
+        if old != current and old.is_dir() and not old.name.startswith("."):
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def _publish(tmp: Path, final: Path) -> None:

@@ -119,3 +119,26 @@ def test_fwhm_polynomial(small_grid):
     const = prepare_templates(small_grid, WAVE, FWHM, cache=False)
     poly = prepare_templates(small_grid, WAVE, [FWHM, 0.0], cache=False)
     np.testing.assert_allclose(poly["flux"].values, const["flux"].values, rtol=1e-6)
+
+
+def test_cache_keeps_the_most_recent(small_grid, tmp_path, monkeypatch):
+    import kspec_xr.prepare as prep_module
+
+    monkeypatch.setattr(prep_module, "CACHE_KEPT", 2)
+    for fwhm in (3.0, 3.2, 3.4):
+        prepare_templates(small_grid, WAVE, fwhm, cache=tmp_path)
+    assert len(list(tmp_path.glob("prepared-*.nc"))) == 2
+
+
+def test_old_standin_versions_are_removed(tmp_path, monkeypatch):
+    from kspec_xr import standin
+
+    (tmp_path / "standin-r10000-oldversion").mkdir()
+    (tmp_path / "standin-r5000-otherres").mkdir()
+    current = tmp_path / "standin-r10000-current"
+    current.mkdir()
+    standin._remove_older_versions(tmp_path, current)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "standin-r10000-current",
+        "standin-r5000-otherres",
+    ]
