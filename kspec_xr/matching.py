@@ -210,15 +210,8 @@ def running_mean(values: np.ndarray, weight: np.ndarray, width: int) -> np.ndarr
     return np.where(den > 1e-6, out, 1.0)
 
 
-def _shifted_pattern(grid, wave_edges, rv, fine_model, fine_cont) -> np.ndarray:
-    """(P,) normalised model at velocity ``rv`` on the exposure's pixels."""
-    model, cont = _shifted(grid, wave_edges, rv, np.stack([fine_model, fine_cont]))
-    return model / cont
-
-
-def _shifted(grid, wave_edges, rv, spectra) -> np.ndarray:
-    """Spectra on the working grid, shifted by ``rv`` and rebinned onto the pixels."""
-    cum = cumulative(spectra, grid.edges)
+def _shifted(grid, wave_edges, rv, cum) -> np.ndarray:
+    """Spectra on the working grid (as running integrals), shifted by ``rv``, on the pixels."""
     return rebin_cumulative(cum, grid.edges, wave_edges, stretch=1.0 + rv / C_KMS)
 
 
@@ -397,15 +390,17 @@ def fit_star(
     model_mags = weights[used] @ grid.mags[nodes]
 
     scorer_chi2 = Scorer(obs_norm, w, "chi2")
+    final_cum = cumulative(np.stack([fine_model, fine_cont]), grid.edges)  # once per star
     step_v = C_KMS * grid.dlnl * grid.oversample
     for shrink in (1.0, 0.25):  # a parabola over ±1 pixel, then over ±1/4 pixel
         step = step_v * shrink
         chi = []
         for v in rv + step * np.array([-1.0, 0.0, 1.0]):
-            pattern = _shifted_pattern(grid, wave_edges, v, fine_model, fine_cont)
+            model_v, cont_v = _shifted(grid, wave_edges, v, final_cum)
+            pattern = model_v / cont_v
             chi.append(scorer_chi2(pattern / running_mean(pattern, gpix, width)))
         rv = float(rv + step * parabola_peak(*chi))
-    model = _shifted(grid, wave_edges, rv, fine_model)
+    model = _shifted(grid, wave_edges, rv, final_cum[0])
 
     return StarFit(
         teff=float(teff),
