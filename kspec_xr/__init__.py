@@ -18,6 +18,7 @@ from .errors import (
     CalibrationError,
     CatalogError,
     KspecError,
+    KspecWarning,
     OutputExistsError,
     RedFileError,
     TemplateError,
@@ -51,6 +52,7 @@ _LAZY = {
     "fit_standards": "fitting",
     "scale_to_photometry": "calibration",
     "star_calibrations": "calibration",
+    "gate_standards": "gating",
     "combine_calibrations": "calibration",
     "apply_calibration": "apply",
     "flux_calibrate": "pipeline",
@@ -67,6 +69,7 @@ __all__ = [
     "TemplateError",
     "CalibrationError",
     "OutputExistsError",
+    "KspecWarning",
     *_LAZY,
 ]
 

@@ -22,16 +22,23 @@ import gzip
 import io
 import os
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import xarray as xr
 
-from .errors import CatalogError
+from .errors import CatalogError, KspecWarning
 from .photometry import ab_offset
 
-__all__ = ["REFCAT2_COLUMNS", "REFCAT2_PHOTOMETRY", "read_catalog", "catalog_bands"]
+__all__ = [
+    "REFCAT2_COLUMNS",
+    "REFCAT2_PHOTOMETRY",
+    "COORDINATE_COLUMNS",
+    "read_catalog",
+    "catalog_bands",
+]
 
 #: Columns of an ATLAS-RefCat2 query result, in their usual order.
 REFCAT2_COLUMNS: tuple[str, ...] = (
@@ -53,6 +60,18 @@ REFCAT2_PHOTOMETRY: tuple[tuple[str, str, str], ...] = (
     ("J", "dJ", "twomass-J"),
     ("H", "dH", "twomass-H"),
     ("K", "dK", "twomass-Ks"),
+)
+
+#: (RA, Dec) column pairs recognised as positions, in order of preference; names
+#: match case-insensitively.  Values in degrees, or sexagesimal strings (RA in hours).
+COORDINATE_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("RA", "Dec"),
+    ("RAJ2000", "DEJ2000"),
+    ("_RAJ2000", "_DEJ2000"),
+    ("RA_ICRS", "DE_ICRS"),
+    ("ALPHA_J2000", "DELTA_J2000"),
+    ("RAdeg", "DEdeg"),
+    ("RA_deg", "Dec_deg"),
 )
 
 #: A magnitude at or above this, or an error at or above ``ERR_SENTINEL``, means "missing".
@@ -129,7 +148,7 @@ def _parse_table(text: str, where: str) -> pd.DataFrame:
             continue
         body.append(line)
     if not body:
-        raise CatalogError(f"catalogue file {where} has no rows (no header or data line)")
+        raise CatalogError(f"catalogue {where} has no rows (no header or data line)")
     sep = "," if "," in body[0] else None
     header = _split(body[0], sep)
     if all(_NUMBER.match(f) or not f for f in header):
@@ -143,17 +162,17 @@ def _parse_table(text: str, where: str) -> pd.DataFrame:
             header = commented
         else:
             raise CatalogError(
-                f"catalogue file {where} has no header line (its first line is numbers); add "
+                f"catalogue {where} has no header line (its first line is numbers); add "
                 "the RefCat2 column names as the first line, e.g. "
                 f"'{','.join(REFCAT2_COLUMNS[:6])},...'"
             )
     else:
         body = body[1:]
     if not body:
-        raise CatalogError(f"catalogue file {where} has a header but zero rows; it lists no star")
+        raise CatalogError(f"catalogue {where} has a header but zero rows; it lists no star")
     if len(set(header)) != len(header):
         dupes = sorted({h for h in header if header.count(h) > 1})
-        raise CatalogError(f"catalogue file {where} repeats column(s) {dupes}; keep one of each")
+        raise CatalogError(f"catalogue {where} repeats column(s) {dupes}; keep one of each")
     try:
         frame = pd.read_csv(
             io.StringIO("\n".join(body)),
@@ -167,7 +186,7 @@ def _parse_table(text: str, where: str) -> pd.DataFrame:
         )
     except (pd.errors.ParserError, ValueError) as exc:
         raise CatalogError(
-            f"catalogue file {where} is not a well-formed table ({exc}); every row needs the "
+            f"catalogue {where} is not a well-formed table ({exc}); every row needs the "
             f"{len(header)} columns of the header"
         ) from exc
     return frame
@@ -197,14 +216,27 @@ def _canonical_names(columns: list[str]) -> dict[str, str]:
 # --------------------------------------------------------------------------
 
 
+def _text(series: pd.Series) -> pd.Series:
+    """The cells as stripped strings ('' for missing), whatever the column's dtype."""
+    if series.dtype == object or pd.api.types.is_string_dtype(series.dtype):
+        return series.map(lambda v: "" if v is None or v is pd.NA else str(v).strip())
+    return series.map(lambda v: "" if pd.isna(v) else repr(v.item() if hasattr(v, "item") else v))
+
+
 def _to_float(series: pd.Series) -> np.ndarray:
     """Numbers; empty cells and non-numeric junk -> NaN."""
-    return pd.to_numeric(series.str.strip(), errors="coerce").to_numpy(dtype=np.float64)
+    if pd.api.types.is_numeric_dtype(series.dtype) and not pd.api.types.is_bool_dtype(series):
+        return series.to_numpy(dtype=np.float64, na_value=np.nan)
+    return pd.to_numeric(_text(series), errors="coerce").to_numpy(dtype=np.float64)
 
 
 def _to_best(series: pd.Series) -> np.ndarray:
     """int64 when every cell is an integer, float when numeric (blanks -> NaN), else str."""
-    cells = series.str.strip()
+    if pd.api.types.is_integer_dtype(series.dtype) and not series.isna().any():
+        return series.to_numpy(dtype=np.int64)
+    if pd.api.types.is_float_dtype(series.dtype):
+        return series.to_numpy(dtype=np.float64, na_value=np.nan)
+    cells = _text(series)
     filled = cells[cells != ""]
     if len(filled) == len(cells) and filled.str.match(_INTEGER).all():
         try:
@@ -225,7 +257,7 @@ def _photometry(
             continue
         if err_col not in frame:
             raise CatalogError(
-                f"catalogue file {where} has magnitude column {mag_col!r} but no error column "
+                f"catalogue {where} has magnitude column {mag_col!r} but no error column "
                 f"{err_col!r}; add {err_col!r} (RefCat2 layout) or remove {mag_col!r}"
             )
         mag, err = _to_float(frame[mag_col]), _to_float(frame[err_col])
@@ -240,16 +272,105 @@ def _photometry(
     return bands, sources, np.stack(mags, axis=-1), np.stack(errs, axis=-1)
 
 
-def _position(frame: pd.DataFrame, column: str, lo: float, hi: float, where: str) -> np.ndarray:
-    values = _to_float(frame[column])
-    outside = np.flatnonzero(np.isfinite(values) & ((values < lo) | (values > hi)))
-    if outside.size:
-        row = int(outside[0])
-        raise CatalogError(
-            f"catalogue file {where}: column {column!r} has {float(values[row])!r} in data row {row} "
-            f"(and {outside.size - 1} more) outside [{lo:g}, {hi:g}]; {column} must be in degrees"
+def _coordinate_columns(frame: pd.DataFrame, where: str) -> tuple[str | None, str | None]:
+    """The (RA, Dec) columns of the table (first recognised pair), or (None, None)."""
+    lower = {str(c).lower(): c for c in frame.columns}
+    for ra_name, dec_name in COORDINATE_COLUMNS:
+        ra, dec = lower.get(ra_name.lower()), lower.get(dec_name.lower())
+        if ra is not None and dec is not None:
+            return ra, dec
+        if (ra is None) != (dec is None):
+            have, missing = (ra, dec_name) if ra is not None else (dec, ra_name)
+            raise CatalogError(
+                f"catalogue {where} has {have} but no {missing!r} column; give both "
+                "(degrees, or sexagesimal with RA in hours) or neither"
+            )
+    return None, None
+
+
+def _sexagesimal(cells: pd.Series) -> bool:
+    filled = cells[cells != ""]
+    return bool(len(filled)) and bool(filled.str.contains(r"[:hdms ]|\d\s+\d", regex=True).any())
+
+
+def _angles(frame: pd.DataFrame, column: str, *, hours: bool) -> np.ndarray:
+    """Degrees from a column of degrees or of sexagesimal strings (NaN where unreadable)."""
+    if pd.api.types.is_numeric_dtype(frame[column].dtype):
+        return _to_float(frame[column])
+    cells = _text(frame[column])
+    if not _sexagesimal(cells):
+        return _to_float(frame[column])
+    from astropy import units as u
+    from astropy.coordinates import Angle
+
+    out = np.full(len(cells), np.nan)
+    for k, cell in enumerate(cells):
+        if not cell:
+            continue
+        try:
+            out[k] = Angle(cell, unit=u.hourangle if hours else u.deg).to_value(u.deg)
+        except (ValueError, TypeError):
+            pass
+    return out
+
+
+def _positions(frame: pd.DataFrame, where: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """RA and Dec in degrees, or None without coordinate columns.
+
+    Out-of-range values are an error; rows with a blank or unreadable cell get
+    NaN (they cannot be matched by position) and a warning names them.
+    """
+    ra_col, dec_col = _coordinate_columns(frame, where)
+    if ra_col is None:
+        return None
+    ra = _angles(frame, ra_col, hours=True)
+    dec = _angles(frame, dec_col, hours=False)
+    for column, values, lo, hi in ((ra_col, ra, 0.0, 360.0), (dec_col, dec, -90.0, 90.0)):
+        outside = np.flatnonzero(np.isfinite(values) & ((values < lo) | (values > hi)))
+        if outside.size:
+            row = int(outside[0])
+            raise CatalogError(
+                f"catalogue {where}: column {column!r} has {float(values[row])!r} in data row "
+                f"{row} (and {outside.size - 1} more) outside [{lo:g}, {hi:g}]; it must be in "
+                "degrees (or sexagesimal, RA in hours)"
+            )
+    bad = np.flatnonzero(~(np.isfinite(ra) & np.isfinite(dec)))
+    if bad.size:
+        shown = ", ".join(str(int(r)) for r in bad[:10]) + (" …" if bad.size > 10 else "")
+        warnings.warn(
+            f"catalogue {where}: {bad.size} row(s) ({shown}) have a blank or unreadable "
+            f"{ra_col}/{dec_col}; they cannot be matched by position and are left out",
+            KspecWarning,
+            stacklevel=3,
         )
-    return values
+    return ra, dec
+
+
+def _frame_of(source) -> tuple[pd.DataFrame, str, str]:
+    """(table, name for messages, source attribute) of a path, DataFrame or astropy Table."""
+    if isinstance(source, pd.DataFrame):
+        frame = source.reset_index(drop=True)
+        frame.columns = [str(c).strip() for c in frame.columns]
+        return frame, "(DataFrame)", "pandas.DataFrame"
+    table_type = type(source).__module__.startswith("astropy.table")
+    if table_type and hasattr(source, "to_pandas"):
+        multi = [n for n in source.colnames if len(source[n].shape) > 1]
+        if multi:
+            raise CatalogError(
+                f"catalogue (astropy Table) has multidimensional column(s) {multi}; give one "
+                "value per row and column"
+            )
+        frame = source.to_pandas(index=False)
+        frame.columns = [str(c).strip() for c in frame.columns]
+        return frame, "(astropy Table)", "astropy.table.Table"
+    if not isinstance(source, str | os.PathLike):
+        raise TypeError(
+            "catalog must be a path, a pandas DataFrame, an astropy Table or the Dataset of "
+            f"kx.read_catalog, not {type(source).__name__}"
+        )
+    file = Path(source)
+    where = f"file {str(file)!r}"
+    return _parse_table(_read_text(file), where), where, str(file)
 
 
 # --------------------------------------------------------------------------
@@ -257,18 +378,22 @@ def _position(frame: pd.DataFrame, column: str, lo: float, hi: float, where: str
 # --------------------------------------------------------------------------
 
 
-def read_catalog(path: str | os.PathLike, /) -> xr.Dataset:
+def read_catalog(source, /) -> xr.Dataset:
     """Read an ATLAS-RefCat2 CSV of standard stars into a Dataset.
 
     Parameters
     ----------
-    path : str or os.PathLike
+    source : str, os.PathLike, pandas.DataFrame or astropy.table.Table
         A CSV (optionally gzip-compressed) with a header line of RefCat2
         column names -- any subset of :data:`REFCAT2_COLUMNS`, in any order,
-        plus any extra columns.  Lines starting with ``#`` are comments; a
-        commented header (``# RA,Dec,...``) is accepted.  Column names are
-        stripped of blanks and matched case-insensitively when unambiguous.
-        Whitespace-separated tables work too.
+        plus any extra columns -- or a table with such columns.  Lines
+        starting with ``#`` are comments; a commented header (``# RA,Dec,...``)
+        is accepted.  Column names are stripped of blanks and matched
+        case-insensitively when unambiguous.  Whitespace-separated tables
+        work too.  Positions may come under any name of
+        :data:`COORDINATE_COLUMNS` (``RA``/``Dec``, ``RAJ2000``/``DEJ2000``,
+        ``RA_ICRS``/``DE_ICRS``, ``ALPHA_J2000``/``DELTA_J2000``, …), in
+        degrees or as sexagesimal strings (RA in hours).
 
     Returns
     -------
@@ -283,8 +408,9 @@ def read_catalog(path: str | os.PathLike, /) -> xr.Dataset:
           ``twomass-J``, ``twomass-H``, ``twomass-Ks``), only those whose column
           is in the file; with ``source_column`` (the RefCat2 column) and
           ``ab_offset`` (m_AB − m_catalogue added, mag) along ``band``.
-        * ``ra``, ``dec`` (star) coordinates in degrees, when the file has
-          ``RA``/``Dec``; ``objid`` (star) coordinate when it has ``objid``
+        * ``ra``, ``dec`` (star) coordinates in degrees, when the table has
+          positions (NaN for a row whose cell is blank or unreadable: it is
+          left out of position matching, with a warning); ``objid`` (star) coordinate when it has ``objid``
           (int64, or str if not all integers).
         * every other column as a ``star`` variable under its own name
           (``Teff``, ``Ag``, ``AGaia``, ``plx``, ``dstDegrees``, …; int64 when
@@ -301,7 +427,12 @@ def read_catalog(path: str | os.PathLike, /) -> xr.Dataset:
         the range of degrees; malformed rows.  The message names the file and
         column.
     TypeError
-        ``path`` is not a str or path.
+        ``source`` is not a path, DataFrame or Table.
+
+    Warns
+    -----
+    KspecWarning
+        Rows whose RA or Dec is blank or unreadable (named in the message).
 
     Notes
     -----
@@ -316,29 +447,21 @@ def read_catalog(path: str | os.PathLike, /) -> xr.Dataset:
     >>> cat = read_catalog("standards.csv")             # doctest: +SKIP
     >>> cat.mag.sel(band="gaiadr2-BP")                   # doctest: +SKIP
     """
-    if not isinstance(path, str | os.PathLike):
-        raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
-    file = Path(path)
-    where = repr(str(file))
-    frame = _parse_table(_read_text(file), where)
+    frame, where, origin = _frame_of(source)
     frame = frame.rename(columns=_canonical_names(list(frame.columns)))
 
     bands, sources, mag, mag_err = _photometry(frame, where)
-    has_ra, has_dec = "RA" in frame, "Dec" in frame
     if not bands:
         found = ", ".join(map(repr, frame.columns[:12])) + (", ..." if frame.shape[1] > 12 else "")
-        what = "neither RA/Dec nor any" if not (has_ra or has_dec) else "none of the"
+        has_any = _coordinate_columns(frame, where)[0] is not None
+        what = "none of the" if has_any else "neither RA/Dec nor any"
         raise CatalogError(
-            f"catalogue file {where} has {what} photometric columns "
+            f"catalogue {where} has {what} photometric columns "
             f"({', '.join(c for c, _, _ in REFCAT2_PHOTOMETRY)}); found {found}. "
             "Is it an ATLAS-RefCat2 CSV with a header line?"
         )
-    if has_ra != has_dec:
-        missing = "Dec" if has_ra else "RA"
-        raise CatalogError(
-            f"catalogue file {where} has {'RA' if has_ra else 'Dec'} but no {missing!r} column; "
-            "give both (degrees) or neither (stars are then associated by row order)"
-        )
+    ra_col, dec_col = _coordinate_columns(frame, where)
+    positions = _positions(frame, where)
 
     n = len(frame)
     coords: dict[str, object] = {
@@ -351,13 +474,13 @@ def read_catalog(path: str | os.PathLike, /) -> xr.Dataset:
             {"units": "mag", "long_name": "m_AB - m_catalogue added to the catalogue value"},
         ),
     }
-    if has_ra:
-        coords["ra"] = ("star", _position(frame, "RA", 0.0, 360.0, where), {"units": "deg"})
-        coords["dec"] = ("star", _position(frame, "Dec", -90.0, 90.0, where), {"units": "deg"})
+    if positions is not None:
+        coords["ra"] = ("star", positions[0], {"units": "deg", "source_column": str(ra_col)})
+        coords["dec"] = ("star", positions[1], {"units": "deg", "source_column": str(dec_col)})
     if "objid" in frame:
         coords["objid"] = ("star", _to_best(frame["objid"]), {"long_name": "RefCat2 object id"})
 
-    consumed = {"RA", "Dec", "objid", *(c for m, e, _ in REFCAT2_PHOTOMETRY for c in (m, e))}
+    consumed = {ra_col, dec_col, "objid", *(c for m, e, _ in REFCAT2_PHOTOMETRY for c in (m, e))}
     data_vars: dict[str, object] = {
         "mag": (
             ("star", "band"),
@@ -385,7 +508,8 @@ def read_catalog(path: str | os.PathLike, /) -> xr.Dataset:
         attrs={
             "title": "standard-star catalogue",
             "catalog": "ATLAS-RefCat2",
-            "source": str(file),
+            "source": origin,
+            "columns": ", ".join(map(str, frame.columns)),
             "mag_system": "AB",
         },
     )

@@ -26,6 +26,22 @@ def _add_calibration_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--metric", choices=("chi2", "huber"), default="chi2", help="template score")
     p.add_argument("--smooth", action="store_true", help="Savitzky-Golay smooth the calibration")
+    p.add_argument(
+        "--match",
+        choices=("position", "order"),
+        default="position",
+        help="associate standards with catalogue rows by RA/Dec (default) or by row order "
+        "(only for a catalogue of exactly one row per standard, in fiber order)",
+    )
+    p.add_argument("--match-radius", type=float, default=2.0, metavar="ARCSEC", help="match radius")
+    p.add_argument(
+        "--gate",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="change a threshold of the standard-star gating, e.g. --gate zp_limit=0.2 "
+        "(names: see kspec_xr.gating.GATE_DEFAULTS); repeatable",
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -64,6 +80,24 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _gating(items: list[str]) -> dict[str, float]:
+    from .gating import GATE_DEFAULTS
+
+    out = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        name = name.strip()
+        if not sep or name not in GATE_DEFAULTS:
+            raise KspecError(
+                f"--gate {item!r}: give NAME=VALUE with NAME one of {', '.join(GATE_DEFAULTS)}"
+            )
+        try:
+            out[name] = float(value)
+        except ValueError:
+            raise KspecError(f"--gate {item!r}: {value!r} is not a number") from None
+    return out
+
+
 def _fluxcal(args) -> int:
     from .io import open_red, write_red
     from .pipeline import flux_calibrate
@@ -81,16 +115,26 @@ def _fluxcal(args) -> int:
         fwhm=args.fwhm,
         metric=args.metric,
         smooth=args.smooth,
+        match=args.match,
+        radius=args.match_radius,
+        gating=_gating(args.gate),
     ).compute()
     write_red(out, output, overwrite=args.overwrite)
     if args.qc_plot:
         from .qc import plot_calibration
 
         plot_calibration(out, args.qc_plot)
-    from .calibration import standards_used
+    from .calibration import calibration_warning, standard_reasons
+    from .qc import standards_summary
 
-    n_used = int(standards_used(out).sum())
-    print(f"{args.input} -> {output}: {n_used}/{out.sizes['standard']} standards used")
+    print(f"{args.input} -> {output}: {standards_summary(out)}")
+    for k, reason in enumerate(standard_reasons(out)):
+        if reason:
+            fiber = int(out["standard_fiber"].values[k])
+            print(f"  rejected standard {k} (fiber {fiber}): {reason}")
+    warning = calibration_warning(out)
+    if warning:
+        print(f"  warning: {warning}", file=sys.stderr)
     return 0
 
 
@@ -140,6 +184,9 @@ def _batch(args) -> int:
         fwhm=args.fwhm,
         metric=args.metric,
         smooth=args.smooth,
+        match=args.match,
+        radius=args.match_radius,
+        gating=_gating(args.gate),
     )
     counts = summary["status"].value_counts()
     n_failed = int(counts.get("failed", 0))

@@ -38,7 +38,19 @@ __all__ = [
 SUMMARY_NAME = "kspec_xr_batch_summary.csv"
 
 #: columns of the summary table, in order
-SUMMARY_COLUMNS = ("input", "output", "status", "n_standards", "n_used", "rms", "seconds", "error")
+SUMMARY_COLUMNS = (
+    "input",
+    "output",
+    "status",
+    "n_standards",
+    "n_used",
+    "n_rejected",
+    "rms",
+    "seconds",
+    "rejected",
+    "warning",
+    "error",
+)
 
 _MAX_MESSAGE = 800  # characters kept of an error message in the summary
 
@@ -136,20 +148,29 @@ def _calibrate(job: dict) -> dict:
     ds = open_red(source)
     out = flux_calibrate(ds, catalog=job["catalog"], **job["options"]).compute()
     write_red(out, output, overwrite=overwrite)
-    n_standards = int(out.sizes.get("standard", 0))
-    if "standard_reason" in out:
-        from .calibration import standards_used
+    from .calibration import calibration_warning, standard_reasons, standards_used
 
-        n_used = int(standards_used(out).sum())
-    else:
-        n_used = n_standards
+    n_standards = int(out.sizes.get("standard", 0))
+    n_used = int(standards_used(out).sum())
+    reasons = standard_reasons(out)
+    rejected = "; ".join(
+        f"fiber {int(out['standard_fiber'].values[k])}: {r}" for k, r in enumerate(reasons) if r
+    )
     rms = math.nan
     if "calibration_rms" in out:
         values = np.asarray(out["calibration_rms"].values, dtype=float).ravel()
         values = values[np.isfinite(values)]
         if values.size:
             rms = float(np.median(values))
-    return {"status": "ok", "n_standards": n_standards, "n_used": n_used, "rms": rms}
+    return {
+        "status": "ok",
+        "n_standards": n_standards,
+        "n_used": n_used,
+        "n_rejected": n_standards - n_used,
+        "rms": rms,
+        "rejected": rejected[:_MAX_MESSAGE],
+        "warning": calibration_warning(out),
+    }
 
 
 def _run_exposure(job: dict) -> dict:
@@ -180,8 +201,11 @@ def _empty_row(source: str, output: str) -> dict:
         "status": "failed",
         "n_standards": None,
         "n_used": None,
+        "n_rejected": None,
         "rms": math.nan,
         "seconds": math.nan,
+        "rejected": "",
+        "warning": "",
         "error": "",
     }
 
@@ -477,16 +501,19 @@ def calibrate_many(
     **options
         Passed to :func:`kspec_xr.flux_calibrate`: ``templates`` (a path or
         None, never a grid object), ``fwhm``, ``metric``, ``smooth``,
-        ``match``, ``radius``, ``mask_regions``, ``sigma``, ``cache``.
+        ``match``, ``radius``, ``mask_regions``, ``mask_lines``, ``gating``,
+        ``sigma``, ``min_stars``, ``cache``.
 
     Returns
     -------
     pandas.DataFrame
         One row per input, in input order: ``input``, ``output``, ``status``
         (``'ok'``, ``'failed'``, ``'skipped'``), ``n_standards``, ``n_used``
-        (:func:`kspec_xr.calibration.standards_used`), ``rms`` (median of
-        ``calibration_rms``), ``seconds`` (task wall time) and ``error`` (one
-        line naming the file).  Also written atomically to
+        (the standards that contribute), ``n_rejected``, ``rms`` (median of
+        ``calibration_rms``), ``seconds`` (task wall time), ``rejected``
+        (fiber and reason of every rejected standard), ``warning`` (a
+        calibration resting on one or two stars) and ``error`` (one line
+        naming the file).  Also written atomically to
         ``out_dir / "kspec_xr_batch_summary.csv"``.
 
     Raises
@@ -660,6 +687,7 @@ def calibrate_many(
             "status": str,
             "n_standards": "Int64",
             "n_used": "Int64",
+            "n_rejected": "Int64",
             "rms": float,
             "seconds": float,
             "error": str,

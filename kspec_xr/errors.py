@@ -15,6 +15,7 @@ __all__ = [
     "TemplateError",
     "CalibrationError",
     "OutputExistsError",
+    "KspecWarning",
 ]
 
 
@@ -40,3 +41,7 @@ class CalibrationError(KspecError):
 
 class OutputExistsError(KspecError, FileExistsError):
     """An output path exists and the caller did not ask to overwrite it."""
+
+
+class KspecWarning(UserWarning):
+    """Input that kspec_xr can use only in part (e.g. catalogue rows it must leave out)."""

@@ -22,24 +22,9 @@ from .matching import PreparedGrid, fit_star
 from .photometry import colour_pair_indices
 from .regions import in_regions
 from .standards import standard_index
+from .status import FitStatus, StandardStatus, fit_status_attrs, with_status
 
-__all__ = ["fit_standards", "resolve_templates", "teff_candidates", "FIT_STATUS"]
-
-#: values of ``fit_status`` (CF flag_values / flag_meanings)
-FIT_STATUS = {
-    0: "ok",
-    1: "too_few_pixels",
-    2: "no_candidate_template",
-    3: "no_colours",
-    4: "no_photometry",
-}
-
-_REASON_CODE = {
-    "": 0,
-    "too few usable pixels": 1,
-    "no candidate template": 2,
-    "no colours: Teff from the spectrum alone": 3,
-}
+__all__ = ["fit_standards", "resolve_templates", "teff_candidates"]
 
 
 def header_fwhm(ds: xr.Dataset) -> float:
@@ -192,7 +177,7 @@ def _fit_block(flux, variance, good, mags, errs, teff_lo, teff_hi, *, wave, grid
     model_mags = np.full((n_star, n_band), np.nan)
     for s in range(n_star):
         if not np.any(np.isfinite(mags[s])):
-            status[s] = 4
+            status[s] = FitStatus.NO_PHOTOMETRY
             continue
         candidates = teff_candidates(grid.params[:, 0], teff_lo[s], teff_hi[s])
         fit = fit_star(
@@ -218,7 +203,7 @@ def _fit_block(flux, variance, good, mags, errs, teff_lo, teff_hi, *, wave, grid
             fit.runner_up,
             fit.runner_up_score,
         )
-        status[s] = _REASON_CODE.get(fit.reason, 0)
+        status[s] = fit.status
         model[s] = fit.model
         model_mags[s] = fit.model_mags
     return scalars, status, model, model_mags
@@ -276,6 +261,7 @@ def fit_standards(
     dask-backed exposure: the fit runs per block of standards when computed.
     """
     from .photometry import teff_from_colours
+    from .prepare import fwhm_at
 
     if metric not in ("chi2", "huber"):
         raise ValueError(f"metric must be 'chi2' or 'huber', not {metric!r}")
@@ -356,10 +342,7 @@ def fit_standards(
     new["fit_alpha"] = xr.full_like(new["fit_teff"], float(grid_alpha(prep, keep))).assign_attrs(
         units="dex"
     )
-    new["fit_status"] = status.assign_attrs(
-        flag_values=np.array(list(FIT_STATUS), dtype="int16"),
-        flag_meanings=" ".join(FIT_STATUS.values()),
-    )
+    new["fit_status"] = status.assign_attrs(fit_status_attrs())
     new["model_flux"] = model.assign_attrs(
         units=str(prep["flux"].attrs.get("units", "erg/s/cm2/A")),
         long_name="best-fit model surface flux at the instrument resolution",
@@ -376,9 +359,21 @@ def fit_standards(
     out = ds.assign(
         {name: var.drop_vars([c for c in var.coords if c != "band"]) for name, var in new.items()}
     )
+    failed = (status != FitStatus.OK) & (status != FitStatus.NO_COLOURS)
+    failed = failed & (status != FitStatus.NO_PHOTOMETRY)
+    previous = ds["standard_status"]
+    out = with_status(
+        out,
+        xr.where(
+            (previous == StandardStatus.OK) & failed,
+            int(StandardStatus.FIT_FAILED),
+            previous,
+        ),
+    )
     out = out.assign_attrs(
         fit_metric=metric,
         fit_fwhm=str(fwhm),
+        fit_fwhm_median=float(np.median(fwhm_at(fwhm, wave))),
         template_grid=str(prep.attrs.get("grid_source", "")),
         template_grid_id=str(prep.attrs.get("grid_id", "")),
     )

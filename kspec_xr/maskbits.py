@@ -19,7 +19,14 @@ MASK_BITS: dict[str, tuple[int, str]] = {
     "TELLURIC": (3, "inside a telluric or user-masked band"),
     "CALIB_INVALID": (4, "flux calibration invalid at this pixel"),
     "CALIB_INTERP": (5, "flux calibration interpolated across a masked band"),
-    "STELLAR_LINE": (6, "core of a strong stellar line (standards only)"),
+    "STELLAR_LINE": (
+        6,
+        "core of a strong stellar line (standards; the calibration is bridged there)",
+    ),
+    "CALIB_FEWSTARS": (
+        7,
+        "too few standards agree at this pixel: calibration bridged from its neighbours",
+    ),
 }
 
 MASK_DTYPE = np.dtype("int32")

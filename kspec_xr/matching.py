@@ -38,6 +38,7 @@ from .resample import (
     rebin_cumulative,
 )
 from .rv import C_KMS, parabola_peak, xcorr_velocity
+from .status import FitStatus
 
 __all__ = [
     "PreparedGrid",
@@ -173,7 +174,7 @@ class StarFit:
     model: np.ndarray  # (P,) surface flux of the refined model at the exposure's pixels
     model_mags: np.ndarray  # (B,)
     n_pixels: int
-    reason: str = ""
+    status: FitStatus = FitStatus.OK
 
 
 def huber_rho(r: np.ndarray, k: float = HUBER_K) -> np.ndarray:
@@ -315,7 +316,7 @@ def fit_star(
         ivar = np.where(good & (variance > 0) & np.isfinite(flux), 1.0 / variance, 0.0)
     n_good = int(np.count_nonzero(ivar))
     if n_good < 50 or candidates.size == 0:
-        nan_fit.reason = "too few usable pixels" if n_good < 50 else "no candidate template"
+        nan_fit.status = FitStatus.TOO_FEW_PIXELS if n_good < 50 else FitStatus.NO_CANDIDATE
         return nan_fit
     flux = np.where(ivar > 0, flux, 0.0)
     wave_edges = edges_from_centers(wave)
@@ -415,7 +416,7 @@ def fit_star(
         model=model,
         model_mags=model_mags,
         n_pixels=n_good,
-        reason="" if n_col else "no colours: Teff from the spectrum alone",
+        status=FitStatus.OK if n_col else FitStatus.NO_COLOURS,
     )
 
 

@@ -61,10 +61,11 @@ KNOWN_BANDS: tuple[str, ...] = (
     *(f"gaiadr3-{b}" for b in ("G", "BP", "RP")),
     *(f"twomass-{b}" for b in ("J", "H", "Ks")),
     *(f"sdss2010-{b}" for b in "ugriz"),
+    *(f"decam2014-{b}" for b in "grizY"),
 )
 
 #: m_AB - m_Vega for every band whose catalogue magnitudes are Vega-based.
-#: Bands not listed (panstarrs-*, sdss2010-*) are AB already.
+#: Bands not listed (panstarrs-*, sdss2010-*, decam2014-*) are AB already.
 VEGA_TO_AB: Mapping[str, float] = MappingProxyType(
     {
         # Gaia DR2, revised passbands (Evans et al. 2018, A&A 616, A4; Gaia
@@ -101,6 +102,9 @@ COLOUR_PAIRS: tuple[tuple[str, str], ...] = (
     ("sdss2010-g", "sdss2010-r"),
     ("sdss2010-r", "sdss2010-i"),
     ("sdss2010-i", "sdss2010-z"),
+    ("decam2014-g", "decam2014-r"),
+    ("decam2014-r", "decam2014-i"),
+    ("decam2014-i", "decam2014-z"),
 )
 
 #: Bits of the ``teff_colour_flag`` variable written by :func:`teff_from_colours`.

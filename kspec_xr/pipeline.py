@@ -11,6 +11,7 @@ from .apply import apply_calibration
 from .calibration import combine_calibrations, scale_to_photometry, star_calibrations
 from .errors import CalibrationError
 from .fitting import fit_standards
+from .gating import GATE_DEFAULTS, gate_standards
 from .standards import associate_catalog, select_standards
 
 __all__ = ["flux_calibrate", "apply_fluxcal"]
@@ -25,25 +26,29 @@ def flux_calibrate(
     fwhm=None,
     metric: str = "chi2",
     smooth: bool = False,
-    match: str = "auto",
+    match: str = "position",
     radius: float = 2.0,
     mask_regions="telluric_default",
+    mask_lines="stellar_lines_default",
+    gating=None,
     sigma: float = 3.0,
+    min_stars: int = 2,
     cache=True,
 ) -> xr.Dataset:
     """Flux-calibrate an exposure with its standard stars.
 
     The chain ``select_standards → associate_catalog → fit_standards →
-    scale_to_photometry → star_calibrations → combine_calibrations →
-    apply_calibration``; every stage is public, so a script can stop,
-    inspect and re-run any step.
+    scale_to_photometry → star_calibrations → gate_standards →
+    combine_calibrations → apply_calibration``; every stage is public, so a
+    script can stop, inspect and re-run any step.
 
     Parameters
     ----------
     ds : xr.Dataset
         An exposure from :func:`kspec_xr.open_red` (eager or chunked).
-    catalog : path or xr.Dataset
-        Standard-star catalogue (ATLAS-RefCat2 CSV or :func:`read_catalog` output).
+    catalog : path, pandas.DataFrame, astropy.table.Table or xr.Dataset
+        Standard-star catalogue (ATLAS-RefCat2 CSV, a table with its columns,
+        or :func:`read_catalog` output).
     templates : None, path, xr.DataArray or xr.Dataset
         Template grid (``None``: the bundled stand-in grid) or a prepared grid.
     fwhm : float, optional
@@ -51,14 +56,23 @@ def flux_calibrate(
     metric : {"chi2", "huber"}
     smooth : bool
         Savitzky–Golay smoothing of the combined calibration.
-    match : {"auto", "position", "order"}
-        How standards are associated with catalogue rows.
+    match : {"position", "order"}
+        How standards are associated with catalogue rows (``"order"`` only
+        for a catalogue of exactly one row per standard, in fiber order).
     radius : float
         Match radius (arcsec).
     mask_regions : str, path, pairs or None
         Telluric / bad bands (default: the bundled telluric bands).
+    mask_lines : str, path, pairs or None
+        Stellar lines left out of the per-star calibrations.
+    gating : mapping, optional
+        Thresholds of :func:`kspec_xr.gate_standards` to change from their
+        defaults (:data:`kspec_xr.gating.GATE_DEFAULTS`), e.g.
+        ``{"zp_limit": 0.2}``.
     sigma : float
         Clipping threshold when combining the stars.
+    min_stars : int
+        Fewest agreeing stars that make a pixel of the calibration.
     cache : bool or path
         Cache of prepared template grids.
 
@@ -72,6 +86,12 @@ def flux_calibrate(
     >>> out = kx.open_red("run1_red.fits").pipe(
     ...     kx.flux_calibrate, catalog="standards.csv")          # doctest: +SKIP
     """
+    gating = dict(gating or {})
+    unknown = sorted(set(gating) - set(GATE_DEFAULTS))
+    if unknown:
+        raise TypeError(
+            f"unknown gating option(s) {', '.join(unknown)}; known: {', '.join(GATE_DEFAULTS)}"
+        )
     return (
         ds.pipe(select_standards)
         .pipe(associate_catalog, catalog, method=match, radius=radius)
@@ -84,8 +104,9 @@ def flux_calibrate(
             cache=cache,
         )
         .pipe(scale_to_photometry)
-        .pipe(star_calibrations, mask_regions=mask_regions)
-        .pipe(combine_calibrations, sigma=sigma, smooth=smooth)
+        .pipe(star_calibrations, mask_regions=mask_regions, mask_lines=mask_lines)
+        .pipe(gate_standards, **gating)
+        .pipe(combine_calibrations, sigma=sigma, smooth=smooth, min_stars=min_stars)
         .pipe(apply_calibration)
     )
 

@@ -36,7 +36,7 @@ from .rv import C_KMS
 __all__ = ["prepare_templates", "fwhm_at", "PREPARE_VERSION"]
 
 #: bump when the prepared product changes, so old cache entries are not reused
-PREPARE_VERSION = 2
+PREPARE_VERSION = 3
 
 FWHM = float | Sequence[float] | Callable[[np.ndarray], np.ndarray]
 
@@ -83,8 +83,12 @@ def _cache_key(grid: xr.DataArray, wavelength, fwhm, vmax, oversample) -> str:
             "cached; open it with kx.open_bosz(...) or set grid.attrs['grid_id'] to a "
             "string that identifies its content, or pass cache=False"
         )
+    from .photometry import KNOWN_BANDS
+
     h = hashlib.sha256()
-    h.update(json.dumps([PREPARE_VERSION, str(grid_id), float(vmax), int(oversample)]).encode())
+    # the bands are part of the key: a grid prepared before a band was known lacks its mags
+    key = [PREPARE_VERSION, str(grid_id), float(vmax), int(oversample), list(KNOWN_BANDS)]
+    h.update(json.dumps(key).encode())
     h.update(np.ascontiguousarray(wavelength, dtype="<f8").tobytes())
     h.update(np.ascontiguousarray(fwhm, dtype="<f8").tobytes())
     return h.hexdigest()[:24]

@@ -18,29 +18,43 @@ import numpy as np
 import xarray as xr
 
 from .maskbits import bit
+from .status import StandardStatus
 
-__all__ = ["plot_calibration", "standards_table"]
+__all__ = ["plot_calibration", "standards_table", "standards_summary"]
+
+
+def standards_summary(ds: xr.Dataset, /) -> str:
+    """One line: how many standards contribute and how many were rejected (computed values)."""
+    status = np.asarray(ds["standard_status"].values)
+    used = int(np.count_nonzero(status == StandardStatus.OK))
+    return f"{used}/{status.size} standards used, {status.size - used} rejected"
 
 
 def standards_table(ds: xr.Dataset, /) -> str:
-    """A plain-text table of the standards: fiber, parameters, RV, scale, status."""
+    """A plain-text table of the standards: fiber, parameters, RV, scale, level, status."""
     from .calibration import standard_reasons
 
     reasons = standard_reasons(ds)
+
+    def value(name, k):
+        return float(ds[name].values[k]) if name in ds else float("nan")
+
     rows = [
         f"{'std':>3s} {'fiber':>5s} {'name':12s} {'Teff':>6s} {'logg':>5s} {'[M/H]':>6s} "
-        f"{'RV':>8s} {'scale err':>9s} {'chi2r':>6s}  status"
+        f"{'RV':>8s} {'scale err':>9s} {'chi2r':>6s} {'S/N':>5s} {'dZP':>6s} {'tilt':>6s}  status"
     ]
     for k in range(ds.sizes["standard"]):
         reason = reasons[k] or "used"
-        scale_err = float(ds["scale_err"].values[k] / ds["scale"].values[k])
+        scale_err = value("scale_err", k) / value("scale", k)
         rows.append(
             f"{k:3d} {int(ds['standard_fiber'].values[k]):5d} "
             f"{str(ds['standard_name'].values[k])[:12]:12s} "
-            f"{float(ds['fit_teff'].values[k]):6.0f} {float(ds['fit_logg'].values[k]):5.2f} "
-            f"{float(ds['fit_mh'].values[k]):+6.2f} {float(ds['fit_rv'].values[k]):+8.1f} "
-            f"{100 * scale_err:8.2f}% {float(ds['fit_chi2_red'].values[k]):6.2f}  {reason}"
+            f"{value('fit_teff', k):6.0f} {value('fit_logg', k):5.2f} "
+            f"{value('fit_mh', k):+6.2f} {value('fit_rv', k):+8.1f} "
+            f"{100 * scale_err:8.2f}% {value('fit_chi2_red', k):6.2f} {value('std_snr', k):5.1f} "
+            f"{value('std_zero_point', k):+6.2f} {value('std_tilt', k):+6.2f}  {reason}"
         )
+    rows.append(standards_summary(ds))
     return "\n".join(rows)
 
 
@@ -63,6 +77,37 @@ def _shade_masked(ax, wave, calmask):
     edges = np.flatnonzero(np.diff(np.r_[0, masked.astype(int), 0]))
     for lo, hi in zip(edges[::2], edges[1::2], strict=True):
         ax.axvspan(wave[lo], wave[hi - 1], color="0.85", lw=0)
+
+
+def _plot_gating(ax, ds: xr.Dataset) -> None:
+    """Each standard's zero point against its tilt, with the gating limits."""
+    if "std_zero_point" not in ds:
+        ax.set_axis_off()
+        return
+    zp = np.asarray(ds["std_zero_point"].values, dtype=float)
+    tilt = np.asarray(ds["std_tilt"].values, dtype=float)
+    status = np.asarray(ds["standard_status"].values)
+    for k in range(zp.size):
+        used = status[k] == StandardStatus.OK
+        ax.plot(tilt[k], zp[k], "o" if used else "x", color="C0" if used else "C3", ms=6)
+        ax.annotate(str(k), (tilt[k], zp[k]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    zl = np.nanmax(np.asarray(ds["std_zero_point_limit"].values, dtype=float), initial=np.nan)
+    tl = np.nanmax(np.asarray(ds["std_tilt_limit"].values, dtype=float), initial=np.nan)
+    if np.isfinite(zl) and np.isfinite(tl):
+        ax.add_patch(
+            matplotlib_rectangle((-tl, -zl), 2 * tl, 2 * zl, fill=False, ls="--", color="0.5")
+        )
+    ax.axhline(0, color="k", lw=0.5)
+    ax.axvline(0, color="k", lw=0.5)
+    ax.set_xlabel("tilt: red − blue of 2.5 log10(Cal_star / Cal_median) [mag]")
+    ax.set_ylabel("zero point vs the median [mag]")
+    ax.set_title("gating: o used, x rejected (dashed: the limits applied)", fontsize=9)
+
+
+def matplotlib_rectangle(*args, **kwargs):
+    from matplotlib.patches import Rectangle
+
+    return Rectangle(*args, **kwargs)
 
 
 def plot_calibration(ds: xr.Dataset, /, path: str | os.PathLike | None = None):
@@ -90,36 +135,38 @@ def plot_calibration(ds: xr.Dataset, /, path: str | os.PathLike | None = None):
     cal = ds["calibration"].values
     err = np.sqrt(ds["calibration_variance"].values)
     calmask = ds["calibration_mask"].values
-    fig, axes = plt.subplots(3, 1, figsize=(10, 11), constrained_layout=True)
+    fig, axes = plt.subplots(4, 1, figsize=(10, 14), constrained_layout=True)
 
     ax = axes[0]
     _shade_masked(ax, wave, calmask)
     ax.fill_between(wave, cal - err, cal + err, color="C0", alpha=0.3, lw=0)
     ax.plot(wave, cal, color="C0", lw=1, label="combined calibration (±1σ)")
     ax.set_ylabel(f"calibration [{ds['calibration'].attrs.get('units', '')}]")
-    ax.set_title(
-        f"{ds['calibration_nstars'].max().item()} standards; grey: telluric / interpolated bands"
-    )
+    ax.set_title(f"{standards_summary(ds)}; grey: telluric / bridged bands")
     ax.legend(loc="best", fontsize=8)
 
     ax = axes[1]
     _shade_masked(ax, wave, calmask)
-    from .calibration import standard_reasons
-
-    used = standard_reasons(ds) == ""
+    status = np.asarray(ds["standard_status"].values)
     for k in range(ds.sizes["standard"]):
         ratio = ds["std_calibration"].values[k] / cal
-        valid = ds["std_calibration_mask"].values[k] == 0
-        label = f"{k}: fiber {int(ds['standard_fiber'].values[k])}" + (
-            "" if used[k] else " (unused)"
+        valid = (ds["std_calibration_mask"].values[k] & ~bit("CALIB_INVALID")) == 0
+        used = status[k] == StandardStatus.OK
+        name = StandardStatus(int(status[k])).name.lower().replace("_", " ")
+        label = f"{k}: fiber {int(ds['standard_fiber'].values[k])}" + ("" if used else f" ({name})")
+        ax.plot(
+            wave,
+            _running_mean(ratio, valid),
+            lw=0.8 if used else 0.6,
+            ls="-" if used else ":",
+            label=label,
         )
-        ax.plot(wave, _running_mean(ratio, valid), lw=0.8, label=label)
     rms = ds["calibration_rms"].values
     rms_smooth = _running_mean(rms, np.isfinite(rms))
     ax.plot(wave, 1 + rms_smooth, color="k", lw=1, label="1 ± RMS across stars")
     ax.plot(wave, 1 - rms_smooth, color="k", lw=1)
     ax.set_ylim(0.9, 1.1)
-    ax.set_ylabel(f"star / combined ({_WINDOW}-pixel mean)")
+    ax.set_ylabel(f"star / combined ({_WINDOW}-pixel mean; dotted: rejected)")
     ax.legend(loc="upper right", fontsize=7, ncol=3)
 
     ax = axes[2]
@@ -144,6 +191,7 @@ def plot_calibration(ds: xr.Dataset, /, path: str | os.PathLike | None = None):
     ax.set_xticks(x, bands, rotation=30, fontsize=8)
     ax.set_ylabel("m_obs − m_model − offset [mmag]")
     ax.legend(loc="best", fontsize=7, ncol=2)
+    _plot_gating(axes[3], ds)
     axes[0].set_xlim(wave[0], wave[-1])
     axes[1].set_xlim(wave[0], wave[-1])
     axes[1].set_xlabel("wavelength [Å]")

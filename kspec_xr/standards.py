@@ -2,9 +2,10 @@
 
 :func:`select_standards` turns the fibers with ``TYPE == 'C'`` into a
 ``standard`` dimension; :func:`associate_catalog` attaches each standard's
-catalogue photometry, by an RA/Dec cross-match (astropy) or — when positions
-are missing — by the order of the rows, as the reference pipeline does.
-Standards without a match are kept and flagged with the reason.
+catalogue photometry by an RA/Dec cross-match (astropy), or — only when the
+caller asks for it and the catalogue has one row per standard — by the order
+of the rows, as the reference pipeline does.  Standards without a match are
+kept and flagged with the reason (``standard_status``).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import xarray as xr
 
 from .errors import CalibrationError, CatalogError
 from .io import add_history
+from .status import StandardStatus, status_attrs, with_status
 
 __all__ = ["select_standards", "associate_catalog", "standard_index"]
 
@@ -93,6 +95,12 @@ def select_standards(ds: xr.Dataset, /) -> xr.Dataset:
         ),
         standard_ra=("standard", _coord("ra", np.nan).astype(float), {"units": "deg"}),
         standard_dec=("standard", _coord("dec", np.nan).astype(float), {"units": "deg"}),
+        standard_status=("standard", np.zeros(idx.size, dtype="int16"), status_attrs()),
+        standard_reason=(
+            "standard",
+            np.full(idx.size, ""),
+            {"long_name": "why a standard is not used ('' = used)"},
+        ),
     )
     return add_history(out, f"select_standards: {idx.size} standard fibers (TYPE='C')")
 
@@ -102,7 +110,7 @@ def associate_catalog(
     catalog,
     /,
     *,
-    method: str = "auto",
+    method: str = "position",
     radius: float = 2.0,
 ) -> xr.Dataset:
     """Attach each standard's catalogue photometry.
@@ -111,13 +119,14 @@ def associate_catalog(
     ----------
     ds : xr.Dataset
         Output of :func:`select_standards`.
-    catalog : path or xr.Dataset
-        ATLAS-RefCat2 CSV, or the Dataset of :func:`kspec_xr.read_catalog`.
-    method : {"auto", "position", "order"}
-        ``"position"``: nearest catalogue star within ``radius``;
-        ``"order"``: the i-th standard (in fiber order) is the i-th catalogue
-        row; ``"auto"``: positions when every standard and catalogue row has
-        them, the row order otherwise.
+    catalog : path, pandas.DataFrame, astropy.table.Table or xr.Dataset
+        ATLAS-RefCat2 CSV (or a table with its columns), or the Dataset of
+        :func:`kspec_xr.read_catalog`.
+    method : {"position", "order"}
+        ``"position"`` (default): the nearest catalogue star within
+        ``radius`` of each fibre; ``"order"``: the i-th standard (in fiber
+        order) is the i-th catalogue row — only for a catalogue with exactly
+        one row per standard, as the reference pipeline writes them.
     radius : float
         Match radius in arcsec.
 
@@ -126,69 +135,66 @@ def associate_catalog(
     xr.Dataset
         ``catalog_row`` (−1 when unmatched), ``catalog_sep`` (arcsec),
         ``catalog_objid``, ``std_mag`` / ``std_mag_err`` on
-        (``standard``, ``band``) in AB, and ``standard_reason`` ('' for a
-        matched star) on ``standard``.
+        (``standard``, ``band``) in AB; ``standard_status`` /
+        ``standard_reason`` say why a standard has no photometry.
 
     Raises
     ------
     CatalogError
-        The catalogue cannot be read, or no standard has a match.
+        The catalogue cannot be read; position matching without positions
+        (the message lists the catalogue's columns); order matching with a
+        catalogue whose row count differs from the number of standards; no
+        standard has a match.
     """
     from .catalog import read_catalog
 
-    if method not in ("auto", "position", "order"):
-        raise ValueError(f"method must be 'auto', 'position' or 'order', not {method!r}")
+    if method not in ("position", "order"):
+        hint = (
+            " ('auto' fell back to the row order when positions were missing, which "
+            "silently mismatches stars; it was removed)"
+            if method == "auto"
+            else ""
+        )
+        raise ValueError(f"method must be 'position' or 'order', not {method!r}{hint}")
     if "standard_fiber" not in ds:
         ds = select_standards(ds)
     where = str(catalog) if isinstance(catalog, str | os.PathLike) else "the catalogue"
-    cat = read_catalog(catalog) if isinstance(catalog, str | os.PathLike) else catalog
+    cat = catalog if isinstance(catalog, xr.Dataset) else read_catalog(catalog)
+    where = str(cat.attrs.get("source", where))
     n_std, n_cat = ds.sizes["standard"], cat.sizes["star"]
-    std_ra, std_dec = ds["standard_ra"].values, ds["standard_dec"].values
-    cat_ra = np.asarray(cat["ra"].values, dtype=float) if "ra" in cat else np.full(n_cat, np.nan)
-    cat_dec = np.asarray(cat["dec"].values, dtype=float) if "dec" in cat else np.full(n_cat, np.nan)
-    have_positions = bool(
-        np.all(np.isfinite(std_ra) & np.isfinite(std_dec))
-        and np.all(np.isfinite(cat_ra) & np.isfinite(cat_dec))
-    )
-    if method == "position" and not have_positions:
-        raise CatalogError(
-            f"{where}: positional matching needs RA/Dec for every standard (FIBRES RA/DEC) and "
-            "every catalogue row (RA, Dec); use method='order' to match by row order"
-        )
-    use = "position" if method == "position" or (method == "auto" and have_positions) else "order"
-
-    row = np.full(n_std, -1)
-    sep = np.full(n_std, np.nan)
-    reason = np.full(n_std, "", dtype=object)
-    if use == "position":
-        row, sep, reason = _match_positions(std_ra, std_dec, cat_ra, cat_dec, radius)
+    status = np.asarray(ds["standard_status"].values).astype("int16").copy()
+    if method == "position":
+        row, sep, status = _match_by_position(ds, cat, radius, status, where)
     else:
-        n = min(n_std, n_cat)
-        row[:n] = np.arange(n)
-        reason[n:] = f"no catalogue row (catalogue has {n_cat} rows for {n_std} standards)"
+        if n_cat != n_std:
+            raise CatalogError(
+                f"{where}: order matching pairs the i-th standard with the i-th catalogue row, "
+                f"but the catalogue has {n_cat} rows for {n_std} standards; give a catalogue "
+                "with exactly one row per standard in fiber order, or match by position"
+            )
+        row, sep = np.arange(n_std), np.full(n_std, np.nan)
     if np.all(row < 0):
         raise CatalogError(
-            f"{where}: no standard star has a catalogue match ({use} matching, radius "
-            f'{radius}"); check that the catalogue covers this field (fiber RA/Dec '
-            f"{np.nanmedian(std_ra):.4f}, {np.nanmedian(std_dec):.4f} deg) or use method='order'"
+            f'{where}: no standard star has a catalogue match (radius {radius}"); check that '
+            "the catalogue covers this field (fiber RA/Dec "
+            f"{np.nanmedian(ds['standard_ra'].values):.4f}, "
+            f"{np.nanmedian(ds['standard_dec'].values):.4f} deg)"
         )
 
     safe = np.where(row >= 0, row, 0)
     matched = xr.DataArray(row >= 0, dims="standard")
     picked = cat.isel(star=xr.DataArray(safe, dims="standard"))
-    mag = (
-        picked["mag"]
-        .where(matched)
-        .drop_vars([c for c in picked["mag"].coords if c not in ("band",)])
-    )
-    err = (
-        picked["mag_err"]
-        .where(matched)
-        .drop_vars([c for c in picked["mag_err"].coords if c not in ("band",)])
-    )
+
+    def _bare(name):
+        var = picked[name].where(matched)
+        return var.drop_vars([c for c in var.coords if c != "band"])
+
+    mag, err = _bare("mag"), _bare("mag_err")
     no_phot = (row >= 0) & ~np.any(np.isfinite(mag.values), axis=1)
-    reason[no_phot] = "catalogue row has no usable photometry"
+    status[no_phot & (status == StandardStatus.OK)] = StandardStatus.NO_PHOTOMETRY
     objid = np.asarray(picked["objid"].values) if "objid" in picked else safe
+    if objid.dtype.kind not in "iu":
+        objid = safe
     out = ds.assign(
         catalog_row=(
             "standard",
@@ -203,35 +209,64 @@ def associate_catalog(
         catalog_objid=("standard", np.where(row >= 0, objid, -1).astype("int64")),
         std_mag=mag.assign_attrs(units="mag", system="AB", long_name="catalogue magnitude"),
         std_mag_err=err.assign_attrs(units="mag", long_name="catalogue magnitude error"),
-        standard_reason=(
-            "standard",
-            reason.astype(str),
-            {"long_name": "why a standard is not used ('' = used)"},
-        ),
     )
-    out = out.assign_attrs(catalog_match=use, catalog_radius_arcsec=float(radius))
-    n_ok = int(np.sum((row >= 0) & ~no_phot))
+    out = out.assign_attrs(catalog_match=method, catalog_radius_arcsec=float(radius))
+    out = with_status(out, xr.DataArray(status, dims="standard"))
+    n_ok = int(np.sum(status == StandardStatus.OK))
     return add_history(
         out,
-        f"associate_catalog: {n_ok}/{n_std} standards matched by {use} in {os.path.basename(where)}",
+        f"associate_catalog: {n_ok}/{n_std} standards matched by {method} in "
+        f"{os.path.basename(where)}",
     )
 
 
-def _match_positions(std_ra, std_dec, cat_ra, cat_dec, radius):
-    """Nearest catalogue star within ``radius``; a star claimed twice goes to the closer fiber."""
+def _match_by_position(ds, cat, radius, status, where):
+    """Rows and separations of the nearest catalogue stars; statuses of the unmatched."""
+    if "ra" not in cat.coords or "dec" not in cat.coords:
+        columns = cat.attrs.get("columns", ", ".join(map(str, cat.data_vars)))
+        raise CatalogError(
+            f"{where} has no coordinate columns (recognised: RA/Dec, ra/dec, RAJ2000/DEJ2000, "
+            f"RA_ICRS/DE_ICRS, ALPHA_J2000/DELTA_J2000; found: {columns}); add them, or "
+            "match by row order (match='order', CLI --match order) with one row per standard"
+        )
+    std_ra = np.asarray(ds["standard_ra"].values, dtype=float)
+    std_dec = np.asarray(ds["standard_dec"].values, dtype=float)
+    has_fibre = np.isfinite(std_ra) & np.isfinite(std_dec)
+    if not has_fibre.any():
+        raise CatalogError(
+            f"{source_name(ds)}: no standard fibre has RA/Dec in its FIBRES table, so "
+            f"{where} cannot be matched by position; match by row order (match='order', "
+            "CLI --match order) with a catalogue of one row per standard in fiber order"
+        )
+    cat_ra = np.asarray(cat["ra"].values, dtype=float)
+    cat_dec = np.asarray(cat["dec"].values, dtype=float)
+    rows = np.flatnonzero(np.isfinite(cat_ra) & np.isfinite(cat_dec))
+    n_std = std_ra.size
+    row = np.full(n_std, -1)
+    sep = np.full(n_std, np.nan)
+    status[~has_fibre & (status == StandardStatus.OK)] = StandardStatus.NO_POSITION
+    if rows.size:
+        fib = np.flatnonzero(has_fibre)
+        hit, dist = _nearest(std_ra[fib], std_dec[fib], cat_ra[rows], cat_dec[rows])
+        row[fib] = np.where(dist <= radius, rows[hit], -1)
+        sep[fib] = dist
+        for star in np.unique(row[row >= 0]):
+            claim = np.flatnonzero(row == star)
+            if claim.size > 1:
+                loser = claim[np.argsort(sep[claim])[1:]]
+                row[loser] = -1
+                status[loser[status[loser] == StandardStatus.OK]] = StandardStatus.DUPLICATE
+    far = has_fibre & (row < 0) & (status == StandardStatus.OK)
+    status[far] = StandardStatus.NO_MATCH
+    return row, sep, status
+
+
+def _nearest(ra, dec, cat_ra, cat_dec):
+    """Index of the nearest catalogue star and its separation (arcsec) for every fibre."""
     from astropy import units as u
     from astropy.coordinates import SkyCoord
 
-    fibers = SkyCoord(std_ra * u.deg, std_dec * u.deg)
+    fibers = SkyCoord(ra * u.deg, dec * u.deg)
     stars = SkyCoord(cat_ra * u.deg, cat_dec * u.deg)
     nearest, separation, _ = fibers.match_to_catalog_sky(stars)
-    sep = separation.to_value(u.arcsec)
-    row = np.where(sep <= radius, nearest, -1)
-    reason = np.where(row >= 0, "", f'no catalogue star within {radius}"').astype(object)
-    for star in np.unique(row[row >= 0]):
-        claim = np.flatnonzero(row == star)
-        if claim.size > 1:
-            loser = claim[np.argsort(sep[claim])[1:]]
-            row[loser] = -1
-            reason[loser] = "catalogue star already matched to a closer fiber"
-    return row, sep, reason
+    return np.asarray(nearest), separation.to_value(u.arcsec)

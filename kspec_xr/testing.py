@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -165,6 +166,9 @@ def make_exposure(
     std_mh: tuple[float, float] = (-1.6, 0.3),
     std_mag: tuple[float, float] = (16.0, 16.9),
     mismatch: float = 0.0,
+    star_model: str = "standin",
+    bad_standards: Mapping[int, tuple] | None = None,
+    n_bright: int = 0,
     n_extra_catalog: int = 5,
     shuffle_catalog: bool = True,
     ra_unit: str = "radians",
@@ -198,6 +202,22 @@ def make_exposure(
         scales each star's line strengths by a factor in 1 ± 0.3 and tilts its
         continuum by (λ/5500)**t, |t| ≤ mismatch/6 — stars the grid does not
         match exactly.
+    star_model : {"standin", "other"}
+        ``"other"`` builds the standards another way than the grid: the
+        stand-in's spectrum times a continuum ripple of 1–3 % (random period
+        and phase per star) and ~150 extra absorption lines from a line list
+        the grid does not have (the same list for every star, depths growing
+        with [M/H] and falling Teff), with line strengths scaled by 0.85–1.15.
+    bad_standards : mapping, optional
+        Spoil standards (index in fiber order → what): ``("photometry", dm)``
+        shifts its catalogue magnitudes by ``dm`` in every band; ``("no_star",)``
+        leaves its fibre on empty sky; ``("counts", f)`` multiplies the light in
+        its fibre by ``f`` (another star's light); ``("dead",)`` gives it the
+        negative, noise-only counts of a dead fibre.  ``truth.bad`` records it.
+    n_bright : int
+        Program fibres that hold bright stars (r = 14.5–15.5, brighter than the
+        standards): their pulls test the calibration's variance, where
+        photon noise no longer hides it.
     n_extra_catalog : int
         Catalogue rows for field stars that no fiber observed.
     shuffle_catalog : bool
@@ -232,6 +252,15 @@ def make_exposure(
 
     if n_standard < 0 or n_sky < 0 or n_standard + n_sky > n_fiber:
         raise ValueError("n_standard + n_sky must not exceed n_fiber")
+    if star_model not in ("standin", "other"):
+        raise ValueError(f"star_model must be 'standin' or 'other', not {star_model!r}")
+    bad_standards = dict(bad_standards or {})
+    for k, what in bad_standards.items():
+        if not 0 <= int(k) < n_standard or not what or what[0] not in _SPOILS:
+            raise ValueError(
+                f"bad_standards[{k!r}] = {what!r}: give a standard index below {n_standard} and "
+                f"one of {', '.join(_SPOILS)}"
+            )
     if ra_unit not in ("radians", "degrees"):
         raise ValueError("ra_unit must be 'radians' or 'degrees'")
     rng = np.random.default_rng(seed)
@@ -287,6 +316,8 @@ def make_exposure(
             continuum_tilt=tilt,
         )
         surface = 4.0 * np.pi * h
+        if star_model == "other":
+            surface = surface * _other_star_factor(native, rv, teff, mh, seed * 1009 + k)
         m_surface = synthetic_mags(native, surface, bands)
         dilution = 10 ** (-0.4 * (mag_r - m_surface[bands.index("panstarrs-r")]))
         std_mags[k] = m_surface - 2.5 * np.log10(dilution)
@@ -311,6 +342,20 @@ def make_exposure(
             true_flux[f] = 4 * np.pi * h * 10 ** rng.uniform(-22.3, -21.3)
         else:
             true_flux[f] = _galaxy_flux(lam, rng)
+    # bright program stars (their own random stream: the rest of the exposure is unchanged)
+    bright_rng = np.random.default_rng(seed + 4242)
+    for f in np.flatnonzero(types == "P")[:n_bright]:
+        h, _ = surface_flux(
+            lam / (1.0 + bright_rng.uniform(-rv_max, rv_max) / C_KMS),
+            bright_rng.uniform(5200, 7800),
+            bright_rng.uniform(3.6, 4.9),
+            bright_rng.uniform(-1.8, 0.4),
+            0.0,
+            resolution=prog_resolution,
+        )
+        flux = 4 * np.pi * h
+        m_r = synthetic_mags(lam, flux, ["panstarrs-r"])[0]
+        true_flux[f] = flux * 10 ** (-0.4 * (bright_rng.uniform(14.5, 15.5) - m_r))
 
     # --- instrument, atmosphere, noise --------------------------------------
     shape = throughput_curve(lam, seed=seed)
@@ -321,9 +366,26 @@ def make_exposure(
     throughput = gain * shape
     sky_counts = throughput * _sky_flux(lam, rng)
     read_noise = 3.5 * np.sqrt(5.0)  # e-, summed over the extraction profile
+    bad = np.full(n_std, "", dtype=object)
+    catalog_mags = std_mags.copy()
+    for k, what in bad_standards.items():
+        bad[k] = " ".join(map(str, what))
+        if what[0] == "photometry":
+            catalog_mags[k] += float(what[1])
+        elif what[0] == "no_star":
+            true_flux[std_idx[k]] = 0.0
+        elif what[0] == "counts":
+            true_flux[std_idx[k]] *= float(what[1])
     obj_counts = throughput * telluric * true_flux
     variance = np.maximum(obj_counts, 0) + sky_counts + read_noise**2
     counts = obj_counts + rng.normal(size=obj_counts.shape) * np.sqrt(variance)
+    for k, what in bad_standards.items():
+        if what[0] == "dead":  # a dead fibre: a negative bias and read noise only
+            f = std_idx[k]
+            noise = np.random.default_rng(seed + 31 * k).normal(size=n_pixel)
+            counts[f] = -40.0 + read_noise * noise
+            variance[f] = read_noise**2
+            true_flux[f] = 0.0
     dead = np.isin(types, ["U", "N"])
     counts[dead] = np.nan
     variance[dead] = np.nan
@@ -334,7 +396,7 @@ def make_exposure(
         rng,
         ra[std_idx],
         dec[std_idx],
-        std_mags,
+        catalog_mags,
         std["teff"],
         bands,
         ra0,
@@ -382,9 +444,14 @@ def make_exposure(
             "calibration": ("wavelength", 1.0 / throughput, {"units": "erg/cm2/s/A/count"}),
             "sky": ("wavelength", sky_counts, {"units": "count"}),
             "fiber_type": ("fiber", types),
+            "bright": (
+                "fiber",
+                np.isin(np.arange(n_fiber), np.flatnonzero(types == "P")[:n_bright]),
+            ),
             "standard_fiber": ("standard", fiber[std_idx]),
             "catalog_row": ("standard", catalog_row),
             **{key: ("standard", value) for key, value in std.items()},
+            "bad": ("standard", bad.astype(str), {"long_name": "how the standard was spoilt"}),
             "mag": (("standard", "band"), std_mags, {"units": "mag", "system": "AB"}),
         },
         coords={
@@ -392,9 +459,43 @@ def make_exposure(
             "wavelength": ("wavelength", lam, {"units": "Angstrom"}),
             "band": bands,
         },
-        attrs={"seed": seed, "fwhm": fwhm, "snr": snr, "mismatch": mismatch},
+        attrs={
+            "seed": seed,
+            "fwhm": fwhm,
+            "snr": snr,
+            "mismatch": mismatch,
+            "star_model": star_model,
+        },
     )
     return SimulatedExposure(red, catalog, truth, red_path, cat_path)
+
+
+_SPOILS = ("photometry", "no_star", "counts", "dead")
+
+
+def _other_star_factor(native, rv, teff, mh, seed):
+    """What a star built another way has that the grid does not (see ``star_model``).
+
+    A continuum ripple of 1–3 % with a random period (600–2500 Å) and phase,
+    times ~150 absorption lines from a fixed list of its own (rest frame,
+    shifted by the star's RV), Gaussian at R ≈ 10 000, depths up to ~15 %
+    growing with [M/H] and falling Teff.
+    """
+    rng = np.random.default_rng(seed)
+    amplitude = rng.uniform(0.01, 0.03)
+    period = rng.uniform(600.0, 2500.0)
+    ripple = 1.0 + amplitude * np.sin(2 * np.pi * native / period + rng.uniform(0, 2 * np.pi))
+    lines = np.random.default_rng(8675309)  # one line list for every star
+    centres = 1.0 / lines.uniform(1.0 / 9500.0, 1.0 / 3700.0, 150)
+    depths = lines.uniform(0.01, 0.08, 150) * 10 ** (0.5 * mh) * np.exp(-(teff - 6000.0) / 2000.0)
+    depths *= rng.uniform(0.85, 1.15)
+    shift = 1.0 + rv / C_KMS
+    tau = np.zeros_like(native)
+    for centre, depth in zip(centres * shift, depths, strict=True):
+        width = centre / 10000.0 / SIGMA_PER_FWHM * 1.5
+        near = np.abs(native - centre) < 6 * width
+        tau[near] += depth * np.exp(-0.5 * ((native[near] - centre) / width) ** 2)
+    return ripple * np.exp(-tau)
 
 
 def _fiber_mags(types, std_idx, std_mag, rng):

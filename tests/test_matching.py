@@ -10,6 +10,7 @@ from kspec_xr.prepare import prepare_templates
 from kspec_xr.resample import SIGMA_PER_FWHM, edges_from_centers, resample_matrix
 from kspec_xr.rv import C_KMS
 from kspec_xr.standin import surface_flux, write_standin_grid
+from kspec_xr.status import FitStatus
 from kspec_xr.templates import open_bosz
 
 WAVE = np.linspace(3800.0, 9000.0, 2500)
@@ -66,7 +67,7 @@ def test_node_star_is_recovered_exactly(setup):
     grid, bands = setup
     counts, variance, mags = _star(6000.0, 4.5, -0.25, 123.0, bands)
     fit = _fit(grid, counts, variance, mags)
-    assert fit.reason == ""
+    assert fit.status == FitStatus.OK
     assert fit.teff == pytest.approx(6000, abs=15)
     assert fit.logg == pytest.approx(4.5, abs=0.05)
     assert fit.mh == pytest.approx(-0.25, abs=0.05)
@@ -95,16 +96,16 @@ def test_too_few_pixels_and_no_candidates(setup):
     good = np.zeros(WAVE.size, bool)
     good[:10] = True
     fit = _fit(grid, counts, variance, mags, good=good)
-    assert fit.reason == "too few usable pixels" and np.isnan(fit.teff)
+    assert fit.status == FitStatus.TOO_FEW_PIXELS and np.isnan(fit.teff)
     fit = _fit(grid, counts, variance, mags, candidates=np.array([], dtype=int))
-    assert fit.reason == "no candidate template"
+    assert fit.status == FitStatus.NO_CANDIDATE
 
 
 def test_without_colours_the_spectrum_decides(setup):
     grid, bands = setup
     counts, variance, mags = _star(6250.0, 4.0, 0.0, 50.0, bands)
     fit = _fit(grid, counts, variance, mags * np.nan, np.nan)
-    assert fit.reason.startswith("no colours")
+    assert fit.status == FitStatus.NO_COLOURS
     assert fit.teff == pytest.approx(6250, abs=60)
 
 
