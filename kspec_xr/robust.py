@@ -166,22 +166,29 @@ def gate_kernel(
     tilt = np.full(n_star, np.nan)
     zp_lim = np.full(n_star, np.nan)
     tilt_lim = np.full(n_star, np.nan)
-    candidates = status == _OK
-    if np.count_nonzero(candidates) >= min_relative:
-        chi2_ratio = chi2_red / np.nanmedian(chi2_red[candidates])
-        usable = cal_usable & candidates[:, None] & np.isfinite(cal) & (cal > 0)
-        with np.errstate(invalid="ignore"):
-            ref = _nanmedian_axis0(np.where(usable, cal, np.nan))
-        lam = np.asarray(wavelength, dtype=float)
-        x = (lam - 0.5 * (lam[0] + lam[-1])) / (lam[-1] - lam[0])
-        every = cal_usable & np.isfinite(cal) & (cal > 0)
-        zero_point, tilt = relative_level(cal, every, ref, x)
-        zero_point = zero_point - np.nanmedian(zero_point[candidates])
-        tilt = tilt - np.nanmedian(tilt[candidates])
-        zp_lim[:] = max(zp_limit, zp_nsigma * robust_sigma(zero_point[candidates]))
-        tilt_lim[:] = max(tilt_limit, tilt_nsigma * robust_sigma(tilt[candidates]))
+    lam = np.asarray(wavelength, dtype=float)
+    x = (lam - 0.5 * (lam[0] + lam[-1])) / (lam[-1] - lam[0])
+    every = cal_usable & np.isfinite(cal) & (cal > 0)
+
+    def relative():
+        """Zero points and tilts against the median of the current candidates."""
+        candidates = status == _OK
+        usable = every & candidates[:, None]
+        ref = _nanmedian_axis0(np.where(usable, cal, np.nan))
+        zp, tl = relative_level(cal, every, ref, x)
+        return zp - np.nanmedian(zp[candidates]), tl - np.nanmedian(tl[candidates]), candidates
+
+    # one rule at a time, each judged among the stars the previous ones kept
+    if np.count_nonzero(status == _OK) >= min_relative:
+        chi2_ratio = chi2_red / np.nanmedian(chi2_red[status == _OK])
         reject(chi2_ratio > max_chi2_ratio, _POOR_FIT)
+    if np.count_nonzero(status == _OK) >= min_relative:
+        zero_point, tilt, candidates = relative()
+        zp_lim[:] = max(zp_limit, zp_nsigma * robust_sigma(zero_point[candidates]))
         reject(np.abs(zero_point) > zp_lim, _ZERO_POINT)
+    if np.count_nonzero(status == _OK) >= min_relative:
+        _, tilt, candidates = relative()
+        tilt_lim[:] = max(tilt_limit, tilt_nsigma * robust_sigma(tilt[candidates]))
         reject(np.abs(tilt) > tilt_lim, _SHAPE)
     return status, valid_fraction, snr, phot_rms, chi2_ratio, zero_point, zp_lim, tilt, tilt_lim
 
@@ -195,18 +202,26 @@ def _nanmedian_axis0(a: np.ndarray) -> np.ndarray:
     return out
 
 
-def _excess_scatter(resid, relvar, keep, width):
+def _excess_scatter(resid, relvar, keep, width, *, robust: bool):
     """τ²(λ): the scatter of the kept stars beyond their own noise, smoothed over λ.
 
-    Robust: ``(1.4826 · median_s |r_s|)² − median_s v_s`` over the kept stars
-    at each pixel (``r_s`` relative to their median), each term averaged over
-    ``width`` pixels, floored at zero.  One star far off does not inflate it.
+    ``robust``: ``(1.4826 · median_s |r_s|)² − median_s v_s`` (``r_s`` relative
+    to the stars' median), which one star far off does not inflate — for
+    deciding what to clip.  Otherwise the mean of ``r_s² − v_s`` over the kept
+    stars with the n/(n−1) correction — unbiased once the outliers are gone,
+    for the weights and the variance.  Each term is averaged over ``width``
+    pixels; the result is floored at zero.
     """
     n = keep.sum(axis=0)
-    spread = MAD_TO_SIGMA * _nanmedian_axis0(np.where(keep, np.abs(resid), np.nan))
-    noise = _nanmedian_axis0(np.where(keep, relvar, np.nan))
     several = n >= 2
-    tau2 = nan_running_mean(spread**2, several, width) - nan_running_mean(noise, several, width)
+    if robust:
+        spread = MAD_TO_SIGMA * _nanmedian_axis0(np.where(keep, np.abs(resid), np.nan))
+        noise = _nanmedian_axis0(np.where(keep, relvar, np.nan))
+        tau2 = nan_running_mean(spread**2, several, width) - nan_running_mean(noise, several, width)
+    else:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            excess = np.where(keep, resid**2 - relvar, 0.0).sum(axis=0) / np.maximum(n - 1, 1)
+        tau2 = nan_running_mean(excess, several, width)
     return np.where(np.isfinite(tau2), np.maximum(tau2, 0.0), 0.0)
 
 
@@ -219,7 +234,7 @@ def _clip_loop(cal, relvar, usable, *, sigma, iterations, width):
         centre = _nanmedian_axis0(np.where(keep, cal, np.nan))
         with np.errstate(invalid="ignore", divide="ignore"):
             resid = cal / centre - 1.0
-        tau2 = _excess_scatter(resid, relvar, keep, width) if n_star > 1 else tau2
+        tau2 = _excess_scatter(resid, relvar, keep, width, robust=True) if n_star > 1 else tau2
         with np.errstate(invalid="ignore"):
             pull = np.abs(resid) / np.sqrt(relvar + tau2)
         new = usable & (pull <= sigma)
@@ -236,6 +251,27 @@ def _clip_loop(cal, relvar, usable, *, sigma, iterations, width):
     return keep, tau2
 
 
+def _levels(cal: np.ndarray, usable: np.ndarray) -> np.ndarray:
+    """ln of each star's overall level against the pixel-by-pixel median of the stars.
+
+    The median over λ of ``ln(Cal_s / median_s Cal)``, less the median of
+    those; 0 for a star with fewer than 50 usable pixels.
+    """
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ref = _nanmedian_axis0(np.where(usable, cal, np.nan))
+        ratio = np.log(cal / ref[None, :])
+    ok = usable & np.isfinite(ratio)
+    level = np.array(
+        [
+            np.median(r[m]) if np.count_nonzero(m) >= _MIN_OVERLAP else np.nan
+            for r, m in zip(ratio, ok, strict=True)
+        ]
+    )
+    if np.isfinite(level).any():
+        level = level - np.nanmedian(level)
+    return np.where(np.isfinite(level), level, 0.0)
+
+
 def combine_kernel(
     cal: np.ndarray,
     usable: np.ndarray,
@@ -250,6 +286,12 @@ def combine_kernel(
 ) -> tuple[np.ndarray, ...]:
     """Robust mean of the per-star calibrations (see :func:`kspec_xr.combine_calibrations`).
 
+    Each star is first divided by its overall level against the others
+    (:func:`_levels`), so that the clip at each pixel judges the stars'
+    shapes: their levels differ by the photometric errors and the fibre
+    losses, which the gating has judged already.  The combination sits at the
+    median level, whose uncertainty is added back as one term.
+
     Parameters
     ----------
     cal : (S, P) per-star calibrations
@@ -263,23 +305,24 @@ def combine_kernel(
     -------
     mean, noise_relvar, scatter_relvar, rms, nstars, keep, dropped, clipped_fraction, tau2
         ``mean`` (P) where at least ``min_stars`` stars are kept (NaN
-        elsewhere); its fractional variance in two parts that add up to
-        ``1/Σw``: from the stars' own noise and scale errors, and from the
-        scatter between them; the fractional RMS of the kept stars about it,
-        the number kept (P), the (S, P) kept mask, the (S,) stars dropped for
-        being clipped at more than ``max_clipped`` of their pixels, each
-        star's clipped fraction and the excess star-to-star variance τ² (P).
+        elsewhere); its fractional variance in two parts: from the stars'
+        noise (independent from pixel to pixel) and from the scatter between
+        them (their shapes, τ², and their levels: smooth in λ); the fractional
+        RMS of the kept stars about it, the number kept (P), the (S, P) kept
+        mask, the (S,) stars dropped for being clipped at more than
+        ``max_clipped`` of their pixels, each star's clipped fraction and the
+        excess star-to-star variance of the shapes τ² (P).
     """
     n_star, n_pix = cal.shape
-    with np.errstate(invalid="ignore", divide="ignore"):
-        rel = noise_relvar + scale_relvar[:, None]
-    rel = np.where(np.isfinite(rel) & (rel > 0), rel, np.inf)
+    rel = np.where(np.isfinite(noise_relvar) & (noise_relvar > 0), noise_relvar, np.inf)
     usable = usable & np.isfinite(cal) & (cal > 0) & np.isfinite(rel)
+    level = _levels(cal, usable)
+    shape = cal * np.exp(-level)[:, None]
     dropped = np.zeros(n_star, dtype=bool)
     clipped = np.full(n_star, np.nan)
     for _ in range(2):  # once more without a star clipped nearly everywhere
         live = usable & ~dropped[:, None]
-        keep, tau2 = _clip_loop(cal, rel, live, sigma=sigma, iterations=iterations, width=width)
+        keep, tau2 = _clip_loop(shape, rel, live, sigma=sigma, iterations=iterations, width=width)
         n_usable = live.sum(axis=1)
         fraction = 1.0 - keep.sum(axis=1) / np.maximum(n_usable, 1)
         clipped = np.where(n_usable > 0, fraction, clipped)
@@ -287,17 +330,30 @@ def combine_kernel(
         if not worse.any() or np.count_nonzero((n_usable > 0) & ~worse) == 0:
             break
         dropped |= worse
-    n_live = int(np.count_nonzero(~dropped & (usable.sum(axis=1) > 0)))
+    contributing = ~dropped & (usable.sum(axis=1) > 0)
+    n_live = int(np.count_nonzero(contributing))
+    if n_star > 1:  # the scatter of the stars that were kept, without the clip's robustness
+        with np.errstate(invalid="ignore", divide="ignore"):
+            centre = (np.where(keep, shape, 0.0)).sum(axis=0) / keep.sum(axis=0)
+            resid = shape / centre - 1.0
+        tau2 = _excess_scatter(resid, rel, keep, width, robust=False)
     need = max(1, min(int(min_stars), n_live))
+    # the level: the median of the stars' levels, known to the larger of the scale
+    # errors' formal variance and the stars' scatter (π/2 σ²/N: a median)
+    scale_rv = np.asarray(scale_relvar, dtype=float)[contributing]
+    with np.errstate(divide="ignore"):
+        formal = 1.0 / np.sum(1.0 / np.maximum(scale_rv, 1e-12)) if n_live else np.nan
+    spread = robust_sigma(level[contributing]) if n_live >= 2 else 0.0
+    level_relvar = max(formal, 0.5 * np.pi * spread**2 / max(n_live, 1))
     with np.errstate(invalid="ignore", divide="ignore"):
         w = np.where(keep, 1.0 / (rel + tau2[None, :]), 0.0)
         wsum = w.sum(axis=0)
-        mean = (w * np.where(keep, cal, 0.0)).sum(axis=0) / wsum
+        mean = (w * np.where(keep, shape, 0.0)).sum(axis=0) / wsum
         # random-effects variance of the weighted mean, Σ w² (v_s + τ²) / (Σw)² = 1/Σw:
-        # the stars' own noise and scale errors (independent from pixel to pixel)
-        # plus the scatter between the stars (smooth in λ), kept apart for smoothing
+        # the stars' own noise (independent from pixel to pixel) plus the scatter
+        # between them (smooth in λ), kept apart for smoothing
         noise_relvar = (w**2 * np.where(keep, rel, 0.0)).sum(axis=0) / wsum**2
-        scatter_relvar = (w**2).sum(axis=0) * tau2 / wsum**2
+        scatter_relvar = (w**2).sum(axis=0) * tau2 / wsum**2 + level_relvar
         nstars = keep.sum(axis=0)
         resid = np.where(keep, cal / mean - 1.0, 0.0)
         rms = np.where(
@@ -349,18 +405,22 @@ def _spans(mask: np.ndarray) -> list[tuple[int, int]]:
     return [(int(a), int(b) - 1) for a, b in zip(edges[::2], edges[1::2], strict=True)]
 
 
-def _end_anchors(wave, todo, anchor_values, anchor_relvar, spacing):
-    """Coarse anchors inside the gaps that touch an end of the data: chunk medians.
+def _coarse_anchors(wave, todo, anchor_values, anchor_relvar, spacing):
+    """Coarse anchors inside the wide gaps and those at an end of the data: chunk medians.
 
-    A gap at the end of the spectrum has clean pixels on one side only; the
+    A gap at the end of the spectrum has clean pixels on one side only, and
+    one polynomial piece across a gap of a few hundred Å (the merged high
+    Balmer lines) cannot follow a throughput that curves there; the
     combination that kept the line bands (``anchor_values``) still knows the
-    level there once its line residuals are averaged away: the median of
-    every ``spacing``-Å chunk with at least 5 values is one point.
+    level once its line residuals are averaged away: the median of every
+    ``spacing``-Å chunk with at least 5 values is one point.  Gaps narrower
+    than ``2·spacing`` (one line) are bridged from their sides alone.
     """
     xs, ys, vs = [], [], []
     runs = _spans(todo)
     for a, b in runs:
-        if a != 0 and b != todo.size - 1:
+        at_end = a == 0 or b == todo.size - 1
+        if not at_end and wave[b] - wave[a] < 2 * spacing:
             continue
         for lo in np.arange(wave[a], wave[b] + 1e-9, spacing):
             sel = np.zeros(todo.size, dtype=bool)
@@ -399,8 +459,9 @@ def bridge_gaps(
     interior knots every ``knot_spacing`` Å except inside and right next to a
     gap, so that each gap is spanned by one polynomial piece fixed by the
     clean pixels on both sides: no single pixel at a gap's edge can make a
-    feature.  A gap at an end of the spectrum is anchored by the medians of
-    ``anchor_values`` over ``knot_spacing``-Å chunks (see :func:`_end_anchors`);
+    feature.  A gap at an end of the spectrum, or wider than two knots, is
+    anchored by the medians of ``anchor_values`` over ``knot_spacing``-Å
+    chunks (see :func:`_coarse_anchors`);
     where no value is left at all the curve continues as a straight line in
     ``ln`` with the end slope for at most ``knot_spacing`` Å, then flat, its
     fractional variance grown by a quarter of the squared extrapolated change.
@@ -426,7 +487,7 @@ def bridge_gaps(
     x, y, var = wave[ok], np.log(values[ok]), relvar[ok]
     runs = [(wave[a], wave[b]) for a, b in _spans(todo)]
     if anchor_values is not None:
-        ax, ay, av = _end_anchors(wave, todo, anchor_values, anchor_relvar, knot_spacing)
+        ax, ay, av = _coarse_anchors(wave, todo, anchor_values, anchor_relvar, knot_spacing)
         order = np.argsort(np.r_[x, ax], kind="stable")
         x, y, var = np.r_[x, ax][order], np.r_[y, ay][order], np.r_[var, av][order]
     sd = np.sqrt(var)
@@ -460,7 +521,7 @@ def bridge_gaps(
         hi = relvar[b + 1 : b + 11][ok[b + 1 : b + 11]]
         near = np.concatenate([lo, hi])
         relvar[a : b + 1] = np.median(near) if near.size else np.nanmedian(relvar[ok])
-    if anchor_values is not None:  # an anchored end gap is as uncertain as its anchors' pixels
+    if anchor_values is not None:  # an anchored gap is as uncertain as its anchors' pixels
         with np.errstate(invalid="ignore"):
             worse = todo & np.isfinite(anchor_relvar) & (anchor_relvar > relvar)
         relvar[worse] = anchor_relvar[worse]
