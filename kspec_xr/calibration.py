@@ -24,7 +24,7 @@ from .errors import CalibrationError
 from .io import add_history
 from .maskbits import bit
 from .regions import in_regions, line_mask
-from .robust import bridge_gaps, close_short_runs, combine_kernel, nan_running_mean
+from .robust import bridge_gaps, close_short_runs, combine_kernel, nan_running_mean, robust_sigma
 from .standards import standard_index
 from .status import StandardStatus, with_status
 
@@ -316,7 +316,8 @@ def combine_calibrations(
     -------
     xr.Dataset
         Adds ``calibration``, ``calibration_variance``, ``calibration_rms``
-        (fractional RMS of the kept stars), ``calibration_scatter`` (τ, the
+        (fractional RMS of the kept stars' shapes, their levels divided out:
+        see ``std_zero_point``), ``calibration_scatter`` (τ, the
         fractional scatter between stars beyond their noise),
         ``calibration_nstars`` and ``calibration_mask`` on ``wavelength``,
         ``std_kept`` on (``standard``, ``wavelength``) and
@@ -325,29 +326,36 @@ def combine_calibrations(
 
     Notes
     -----
-    At each pixel, over the contributing stars ``s`` valid there:
+    Each contributing star is first divided by its level against the others,
+    ``exp(median_λ ln(Cal_s / median_s Cal_s))``, so that the clip judges
+    shapes (the levels are the gating's business); the result sits at the
+    median level.  Then at each pixel, over the stars valid there:
 
     - the centre is their **median**, and star ``s`` is clipped where
       ``|Cal_s/median − 1| > sigma·sqrt(v_s + τ²)`` (never the star nearest
       the median, so a pixel that had valid stars keeps one);
-    - ``v_s = Var(C_s)/C_s² + (σ_scale,s/scale_s)²`` is the star's fractional
-      variance, its noise part averaged over ``scatter_window`` pixels so the
-      weights follow the star's S/N but not the calibration's own value;
-    - ``τ²`` (the excess scatter between stars: template mismatch, fibre
-      losses) is the mean of ``r_s² − v_s`` over the kept stars, with
+    - ``v_s = Var(C_s)/C_s²`` is the star's fractional variance, averaged
+      over ``scatter_window`` pixels so the weights follow the star's S/N but
+      not the calibration's own value;
+    - ``τ²`` (the excess scatter between stars: template mismatch, chromatic
+      fibre losses) is the mean of ``r_s² − v_s`` over the kept stars, with
       ``r_s = Cal_s/Cal − 1``, averaged over ``scatter_window`` pixels and
-      floored at 0;
+      floored at 0 (its robust, MAD-based form decides the clip);
     - ``Cal = Σ w_s Cal_s / Σ w_s`` with ``w_s = 1/(v_s + τ²)``, and
-      ``Var(Cal) = Cal² / Σ w_s``: the photon noise and scale errors of the
-      stars when they agree, the scatter between them over √N when they do
-      not (a random-effects mean).
+      ``Var(Cal) = Cal²·[1/Σ w_s + max(1/Σ σ_s⁻², π/2·σ_lvl²/N)]``: the
+      photon noise when the stars agree, their scatter over √N when they do
+      not (a random-effects mean), plus the error of the median level — the
+      larger of the scale errors' ``σ_s`` formal variance and the stars'
+      robust level scatter ``σ_lvl`` over √N.
 
     Pixels with fewer than ``min_stars`` kept stars, inside a telluric band
     or inside any contributing star's stellar-line band are bridged by a
     cubic B-spline of ``ln Cal`` fitted (with outlier rejection) to the other
     pixels, with breakpoints every ``knot_spacing`` Å except inside and next
     to the bridged bands, and flagged ``CALIB_INTERP`` (plus ``TELLURIC``,
-    ``STELLAR_LINE`` or ``CALIB_FEWSTARS``).  One star passes through unchanged.
+    ``STELLAR_LINE`` or ``CALIB_FEWSTARS``); bands wider than two knots and
+    those at an end of the spectrum are anchored by chunk medians of the
+    stars' values inside them.  One star passes through unchanged.
     """
     if not 0 <= max_clipped <= 1:
         raise ValueError(f"max_clipped must be between 0 and 1, not {max_clipped!r}")
@@ -422,7 +430,9 @@ def combine_calibrations(
     out = ds.assign(
         calibration=filled.assign_attrs(units=units, long_name="flux calibration (flux per count)"),
         calibration_variance=variance.assign_attrs(units=f"({units})2"),
-        calibration_rms=rms.assign_attrs(units="1", long_name="fractional RMS across standards"),
+        calibration_rms=rms.assign_attrs(
+            units="1", long_name="fractional RMS of the standards' shapes (levels divided out)"
+        ),
         calibration_scatter=scatter.assign_attrs(
             units="1", long_name="fractional scatter between standards beyond their noise (tau)"
         ),
@@ -449,8 +459,9 @@ def calibration_header(ds: xr.Dataset, /) -> xr.Dataset:
     """Header cards and HISTORY lines that describe a finished calibration.
 
     ``FLUXCAL = T``, ``FCALNSTR`` (standards that contribute), ``FCALNREJ``
-    (standards that do not), ``FCALRMS`` (median fractional RMS across
-    standards over unmasked pixels, NaN with one star), ``FCALMET`` (score),
+    (standards that do not), ``FCALRMS`` (median fractional RMS of the
+    standards' shapes over unmasked pixels, NaN with one star), ``FCALZPSD``
+    (robust σ of their zero points, mag), ``FCALMET`` (score),
     ``FCALGRID`` (template grid id), ``FCALWARN`` when the calibration rests
     on one or two stars, and one HISTORY line per standard (fiber, name,
     Teff, log g, [M/H], RV, scale ± error, or why it was not used).  Needs
@@ -481,13 +492,20 @@ def calibration_header(ds: xr.Dataset, /) -> xr.Dataset:
     good = np.asarray(ds["calibration_mask"].values) == 0
     rms = np.asarray(ds["calibration_rms"].values)[good]
     rms = float(np.nanmedian(rms)) if np.any(np.isfinite(rms)) else float("nan")
+    zp_spread = float("nan")
+    if "std_zero_point" in ds and used.sum() >= 2:
+        zp_spread = robust_sigma(np.asarray(ds["std_zero_point"].values, dtype=float)[used])
     cards = {
         "FLUXCAL": (True, "flux calibrated with standard stars (kspec_xr)"),
         "FCALNSTR": (int(used.sum()), "standards contributing to the calibration"),
         "FCALNREJ": (int((~used).sum()), "standard stars rejected (see HISTORY)"),
         "FCALRMS": (
             round(rms, 6) if np.isfinite(rms) else "NaN",
-            "median fractional RMS across stars",
+            "median fractional RMS of the stars' shapes",
+        ),
+        "FCALZPSD": (
+            round(zp_spread, 4) if np.isfinite(zp_spread) else "NaN",
+            "robust sigma of the stars' zero points [mag]",
         ),
         "FCALMET": (str(ds.attrs.get("fit_metric", "")), "template score (chi2|huber)"),
         "FCALGRID": (str(ds.attrs.get("template_grid_id", ""))[:60], "template grid id"),

@@ -32,7 +32,7 @@ GATE_DEFAULTS: dict[str, float] = {
     "max_chi2_ratio": 5.0,
     "zp_limit": 0.15,
     "zp_nsigma": 4.0,
-    "tilt_limit": 0.1,
+    "tilt_limit": 0.2,
     "tilt_nsigma": 4.0,
 }
 

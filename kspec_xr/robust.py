@@ -308,7 +308,7 @@ def combine_kernel(
         elsewhere); its fractional variance in two parts: from the stars'
         noise (independent from pixel to pixel) and from the scatter between
         them (their shapes, τ², and their levels: smooth in λ); the fractional
-        RMS of the kept stars about it, the number kept (P), the (S, P) kept
+        RMS of the kept stars' shapes about it, the number kept (P), the (S, P) kept
         mask, the (S,) stars dropped for being clipped at more than
         ``max_clipped`` of their pixels, each star's clipped fraction and the
         excess star-to-star variance of the shapes τ² (P).
@@ -355,7 +355,7 @@ def combine_kernel(
         noise_relvar = (w**2 * np.where(keep, rel, 0.0)).sum(axis=0) / wsum**2
         scatter_relvar = (w**2).sum(axis=0) * tau2 / wsum**2 + level_relvar
         nstars = keep.sum(axis=0)
-        resid = np.where(keep, cal / mean - 1.0, 0.0)
+        resid = np.where(keep, shape / mean - 1.0, 0.0)
         rms = np.where(
             nstars > 1, np.sqrt((resid**2).sum(axis=0) / np.maximum(nstars - 1, 1)), np.nan
         )

@@ -150,8 +150,8 @@ def test_an_extreme_tilt_is_rejected_a_mild_one_is_not(clean, prepared):
     steep = _calibrate(_with_counts(clean, 6, tilted(0.5)), clean.catalog_path, prepared)
     assert _status(steep)[6] == StandardStatus.SHAPE
     assert abs(float(steep["std_tilt"].values[6])) > 0.4
-    # beyond 4 robust σ of these clean stars, but under 0.1 mag: real tilts must not cost stars
-    mild = _calibrate(_with_counts(clean, 6, tilted(0.07)), clean.catalog_path, prepared)
+    # beyond 4 robust σ of these clean stars, but under 0.2 mag: real tilts must not cost stars
+    mild = _calibrate(_with_counts(clean, 6, tilted(0.15)), clean.catalog_path, prepared)
     sigma = float(np.median(np.abs(mild["std_tilt"].values)))
     assert abs(float(mild["std_tilt"].values[6])) > 4 * 1.48 * sigma
     assert _status(mild)[6] == StandardStatus.OK
