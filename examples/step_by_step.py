@@ -9,6 +9,7 @@ from pathlib import Path
 
 import kspec_xr as kx
 from kspec_xr.qc import standards_table
+from kspec_xr.status import StandardStatus, with_status
 from kspec_xr.testing import make_exposure
 
 folder = Path(sys.argv[1] if len(sys.argv) > 1 else "example_output")
@@ -27,12 +28,15 @@ standards = (
 )
 print(standards_table(standards))
 
+# the gating rejects bad standards with their reasons (thresholds: kx.gating.GATE_DEFAULTS)
+gated = standards.pipe(kx.star_calibrations).pipe(kx.gate_standards).compute()
+print(standards_table(gated))
+
 # stop here, drop a star you do not trust, and go on
-calibrated = (
-    standards.pipe(kx.star_calibrations)
-    .pipe(kx.combine_calibrations, smooth=True)
-    .pipe(kx.apply_calibration)
-)
+status = gated["standard_status"].copy()
+status[0] = StandardStatus.ZERO_POINT  # e.g. a star you know is variable
+gated = with_status(gated, status)
+calibrated = gated.pipe(kx.combine_calibrations, smooth=True).pipe(kx.apply_calibration)
 kx.write_red(calibrated, folder / "calibrated_red.fits", overwrite=True)
 kx.plot_calibration(calibrated, folder / "qc.png")
 print(f"wrote {folder / 'calibrated_red.fits'} and {folder / 'qc.png'}")
