@@ -43,7 +43,7 @@ if "decam2014-g" not in photometry.KNOWN_BANDS:
     photometry.KNOWN_BANDS = photometry.KNOWN_BANDS + decam
     photometry.COLOUR_PAIRS = photometry.COLOUR_PAIRS + (
         ("decam2014-g", "decam2014-r"), ("decam2014-r", "decam2014-i"), ("decam2014-i", "decam2014-z"))
-from kspec_xr.calibration import standards_used
+from kspec_xr._base.schema import standards_used
 
 warnings.simplefilter("ignore")
 for job in json.load(open(sys.argv[1])):

@@ -24,8 +24,7 @@ import time
 import numpy as np
 
 import kspec_xr as kx
-from kspec_xr.demo import accuracy_report
-from kspec_xr.testing import make_exposure
+from kspec_xr.testing import accuracy_report, make_exposure
 
 CASES = {
     "6 standards": ({"n_standard": 6}, 0.010),

@@ -30,7 +30,7 @@ import psutil
 from distributed import Client
 
 import kspec_xr as kx
-from kspec_xr.distributed import local_cluster
+from kspec_xr.batch import local_cluster
 from kspec_xr.testing import make_exposure
 
 

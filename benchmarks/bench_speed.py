@@ -200,8 +200,8 @@ def gaussian_resolution_data(wave: np.ndarray, fwhm, resolution: float, ndiag: i
     """
     from scipy.special import ndtr
 
-    from kspec_xr.prepare import fwhm_at
-    from kspec_xr.resample import SIGMA_PER_FWHM
+    from kspec_xr.kernels.resample import SIGMA_PER_FWHM
+    from kspec_xr.templates import fwhm_at
 
     sigma_pix = (
         np.sqrt(fwhm_at(fwhm, wave) ** 2 - (wave / resolution) ** 2)
@@ -238,7 +238,7 @@ def stage_times(ds, catalog, grid, cache, repeat: int) -> list[tuple[str, float]
 def big_grid(tmp: Path):
     """A ~2000-template stand-in grid (25 Teff × 6 log g × 14 [M/H]), written into ``tmp``."""
     import kspec_xr as kx
-    from kspec_xr.standin import DEFAULT_GRID, write_standin_grid
+    from kspec_xr.templates.standin import DEFAULT_GRID, write_standin_grid
 
     progress("scaling: writing a 2100-template stand-in grid")
     start = time.perf_counter()
@@ -303,7 +303,7 @@ def main() -> None:
 def run_benchmark(tmp: Path, args, repeat: int, ref_stars: int) -> None:
     """Everything, in one run; prints the tables (progress goes to stderr)."""
     import kspec_xr as kx
-    from kspec_xr.fitting import _grid_arrays, header_fwhm
+    from kspec_xr.stages import header_fwhm
     from kspec_xr.testing import make_exposure
 
     sys.path.insert(0, str(HERE))
@@ -366,7 +366,7 @@ def run_benchmark(tmp: Path, args, repeat: int, ref_stars: int) -> None:
     # --- the per-template reference -------------------------------------------------
     wave = np.asarray(out["wavelength"].values, dtype=float)
     prep = kx.prepare_templates(grid, wave, fwhm, cache=cache)
-    fast, _ = _grid_arrays(prep, 0.0)
+    fast = prep.kernel_grid(0.0)
     stars = rf.standards_inputs(out, prep["band"].values)
     progress("reading the native templates for the reference and desispec")
     start = time.perf_counter()

@@ -38,10 +38,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import before as legacy  # noqa: E402
 
 import kspec_xr as kx  # noqa: E402
-from kspec_xr.demo import accuracy_report  # noqa: E402
-from kspec_xr.maskbits import bit  # noqa: E402
+from kspec_xr._base.maskbits import bit  # noqa: E402
 from kspec_xr.qc import line_band_departures  # noqa: E402
-from kspec_xr.testing import make_exposure  # noqa: E402
+from kspec_xr.testing import (
+    accuracy_report,  # noqa: E402
+    make_exposure,  # noqa: E402
+)
 
 SIM = {"n_fiber": 120, "n_pixel": 4096, "n_bright": 8}
 CASES = {

@@ -43,19 +43,19 @@ import numpy as np
 import xarray as xr
 from scipy import sparse
 
-from kspec_xr.maskbits import bit
-from kspec_xr.matching import (
-    PreparedGrid,
+from kspec_xr._base.maskbits import bit
+from kspec_xr._base.regions import in_regions
+from kspec_xr._base.schema import standard_index
+from kspec_xr.kernels.photometry import ColorChi2
+from kspec_xr.kernels.resample import SIGMA_PER_FWHM, edges_from_centers, resample_matrix
+from kspec_xr.kernels.rv import C_KMS, parabola_peak, xcorr_velocity
+from kspec_xr.kernels.template_fit import (
+    TemplateGrid,
     huber_rho,
     running_mean,
     smoothing_pixels,
 )
-from kspec_xr.photometry import ColourChi2
-from kspec_xr.prepare import fwhm_at
-from kspec_xr.regions import in_regions
-from kspec_xr.resample import SIGMA_PER_FWHM, edges_from_centers, resample_matrix
-from kspec_xr.rv import C_KMS, parabola_peak, xcorr_velocity
-from kspec_xr.standards import standard_index
+from kspec_xr.templates import fwhm_at
 
 __all__ = [
     "StarData",
@@ -146,7 +146,7 @@ def native_templates(
 ) -> NativeTemplates:
     """Read the native spectra of the templates with the given (teff, logg, mh).
 
-    ``params`` is e.g. ``PreparedGrid.params``, so row ``i`` here is template
+    ``params`` is e.g. ``TemplateGrid.params``, so row ``i`` here is template
     ``i`` of the fast path.  ``wave_range`` trims the spectra (Å).
     """
     import dask
@@ -287,7 +287,7 @@ def reference_scores(
     wave,
     obs_norm,
     w,
-    grid: PreparedGrid,
+    grid: TemplateGrid,
     candidates,
     rv: float,
     *,
@@ -351,7 +351,7 @@ class ReferenceFit:
 def teff_candidates(teff: np.ndarray, lo: float, hi: float) -> np.ndarray:
     """The candidates of a colour Teff box, chosen as ``fit_standards`` chooses them."""
     try:
-        from kspec_xr.fitting import teff_candidates
+        from kspec_xr.kernels.template_fit import teff_candidates
     except ImportError:  # a fast path that takes the plain box
         return np.flatnonzero((teff >= lo) & (teff <= hi))
     return teff_candidates(teff, lo, hi)
@@ -436,7 +436,7 @@ def reference_fit_star(
     inflate = max(1.0, chi2_red)
     colour = np.zeros(n)
     if template_mags is not None and pairs is not None and len(pairs):
-        colours = ColourChi2(star.mags, star.mag_errs, pairs)
+        colours = ColorChi2(star.mags, star.mag_errs, pairs)
         for i, c in enumerate(candidates):
             colour[i] = colours(template_mags[c][None, :])[0, 0]
     total = scores / inflate + colour

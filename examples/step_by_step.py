@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 import kspec_xr as kx
+from kspec_xr._base.schema import StandardStatus, with_status
 from kspec_xr.qc import standards_table
-from kspec_xr.status import StandardStatus, with_status
 from kspec_xr.testing import make_exposure
 
 folder = Path(sys.argv[1] if len(sys.argv) > 1 else "example_output")

@@ -14,7 +14,7 @@ from __future__ import annotations
 import importlib
 from importlib.metadata import PackageNotFoundError, version
 
-from .errors import (
+from ._base.errors import (
     CalibrationError,
     CatalogError,
     KspecError,
@@ -29,37 +29,45 @@ try:
 except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0+unknown"
 
-# public name -> module that defines it
+# public name -> module that defines it (imported on first use)
 _LAZY = {
     "open_red": "io",
     "write_red": "io",
+    "read_catalog": "io",
+    "read_assign": "io",
+    "assign_fiber_types": "io",
+    "primary_header": "_base.provenance",
+    "with_header_cards": "_base.provenance",
+    "add_history": "_base.provenance",
+    "StandardStatus": "_base.schema",
+    "FitStatus": "_base.schema",
+    "with_status": "_base.schema",
     "open_bosz": "templates",
     "pack_bosz": "templates",
     "parse_bosz_name": "templates",
     "bosz_name": "templates",
-    "standin_grid_path": "standin",
-    "prepare_templates": "prepare",
-    "synthetic_mags": "photometry",
-    "read_catalog": "catalog",
-    "teff_from_colours": "photometry",
-    "read_assign": "io",
-    "primary_header": "io",
-    "with_header_cards": "io",
-    "add_history": "io",
-    "assign_fiber_types": "io",
-    "select_standards": "standards",
-    "associate_catalog": "standards",
-    "fit_standards": "fitting",
-    "scale_to_photometry": "calibration",
-    "star_calibrations": "calibration",
-    "gate_standards": "gating",
-    "combine_calibrations": "calibration",
-    "apply_calibration": "apply",
+    "standin_grid_path": "templates",
+    "prepare_templates": "templates",
+    "PreparedTemplates": "templates",
+    "synthetic_mags": "stages",
+    "teff_from_colors": "stages",
+    "select_standards": "stages",
+    "associate_catalog": "stages",
+    "fit_standards": "stages",
+    "scale_to_photometry": "stages",
+    "star_calibrations": "stages",
+    "gate_standards": "stages",
+    "combine_calibrations": "stages",
+    "apply_calibration": "stages",
     "flux_calibrate": "pipeline",
+    "calibrate_file": "pipeline",
     "apply_fluxcal": "pipeline",
     "plot_calibration": "qc",
-    "calibrate_many": "distributed",
+    "calibrate_many": "batch",
 }
+
+# modules reachable as attributes under a short name (``kx.maskbits.bit``)
+_MODULES = {"maskbits": "_base.maskbits", "errors": "_base.errors", "schema": "_base.schema"}
 
 __all__ = [
     "__version__",
@@ -75,10 +83,12 @@ __all__ = [
 
 
 def __getattr__(name: str):
-    module = _LAZY.get(name)
-    if module is None:
+    if name in _MODULES:
+        value = importlib.import_module(f".{_MODULES[name]}", __name__)
+    elif name in _LAZY:
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    else:
         raise AttributeError(f"module 'kspec_xr' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
     globals()[name] = value
     return value
 

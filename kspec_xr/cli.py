@@ -3,15 +3,32 @@
 Errors in the input (a ``KspecError``: bad file, missing catalogue, no
 standard, existing output, …) print one line and exit with status 2;
 ``--debug`` shows the traceback instead.
+
+The calibration itself (numpy, xarray, astropy, scipy …) is imported by the
+subcommand that needs it, so that ``kspec-xr --help`` answers at once.
 """
 
 from __future__ import annotations
 
 import argparse
+import glob
+import os
 import sys
-from pathlib import Path
 
-from .errors import KspecError
+from ._base.errors import KspecError
+
+#: names of the gating thresholds (kspec_xr.stages.gate.GATE_DEFAULTS), here so
+#: that parsing --gate does not import the calibration
+_GATE_NAMES = (
+    "min_valid_fraction",
+    "min_snr",
+    "max_phot_rms",
+    "max_chi2_ratio",
+    "zp_limit",
+    "zp_nsigma",
+    "tilt_limit",
+    "tilt_nsigma",
+)
 
 __all__ = ["main"]
 
@@ -81,15 +98,13 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _gating(items: list[str]) -> dict[str, float]:
-    from .gating import GATE_DEFAULTS
-
     out = {}
     for item in items:
         name, sep, value = item.partition("=")
         name = name.strip()
-        if not sep or name not in GATE_DEFAULTS:
+        if not sep or name not in _GATE_NAMES:
             raise KspecError(
-                f"--gate {item!r}: give NAME=VALUE with NAME one of {', '.join(GATE_DEFAULTS)}"
+                f"--gate {item!r}: give NAME=VALUE with NAME one of {', '.join(_GATE_NAMES)}"
             )
         try:
             out[name] = float(value)
@@ -99,18 +114,14 @@ def _gating(items: list[str]) -> dict[str, float]:
 
 
 def _fluxcal(args) -> int:
-    from .io import open_red, write_red
-    from .pipeline import flux_calibrate
+    from .pipeline import calibrate_file  # deferred: the calibration's imports take a second
+    from .qc import plot_calibration, standards_summary
 
-    output = Path(args.output)
-    if output.exists() and not args.overwrite:
-        raise KspecError(f"{output} exists; pass --overwrite to replace it")
-    if not output.parent.is_dir():
-        raise KspecError(f"the output folder {output.parent} does not exist; create it first")
-    ds = open_red(args.input)
-    out = flux_calibrate(
-        ds,
+    result = calibrate_file(
+        args.input,
+        args.output,
         catalog=args.catalog,
+        overwrite=args.overwrite,
         templates=args.templates,
         fwhm=args.fwhm,
         metric=args.metric,
@@ -118,31 +129,22 @@ def _fluxcal(args) -> int:
         match=args.match,
         radius=args.match_radius,
         gating=_gating(args.gate),
-    ).compute()
-    write_red(out, output, overwrite=args.overwrite)
+    )
+    out = result.dataset
     if args.qc_plot:
-        from .qc import plot_calibration
-
         plot_calibration(out, args.qc_plot)
-    from .calibration import calibration_warning, standard_reasons
-    from .qc import standards_summary
-
-    print(f"{args.input} -> {output}: {standards_summary(out)}")
-    for k, reason in enumerate(standard_reasons(out)):
+    print(f"{args.input} -> {args.output}: {standards_summary(out)}")
+    for k, reason in enumerate(out["standard_reason"].values):
         if reason:
             fiber = int(out["standard_fiber"].values[k])
             print(f"  rejected standard {k} (fiber {fiber}): {reason}")
-    warning = calibration_warning(out)
-    if warning:
-        print(f"  warning: {warning}", file=sys.stderr)
+    if result.warning:
+        print(f"  warning: {result.warning}", file=sys.stderr)
     return 0
 
 
 def _expand_inputs(patterns: list[str]) -> list[str]:
     """Files named or matched by each argument (globs expanded here, so quoting is safe)."""
-    import glob
-    import os
-
     files: list[str] = []
     seen: set[str] = set()
     for pattern in patterns:
@@ -161,7 +163,7 @@ def _expand_inputs(patterns: list[str]) -> list[str]:
 
 
 def _batch(args) -> int:
-    from .distributed import calibrate_many
+    from .batch import calibrate_many  # deferred: dask.distributed takes a second to import
 
     if not args.inputs:
         raise KspecError("no input files: give RED files or globs such as 'night/*red.fits'")
@@ -209,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "batch":
             return _batch(args)
         if args.command == "demo":
-            from .demo import run_demo
+            from .demo import run_demo  # deferred: the calibration's imports take a second
 
             run_demo(args.dir, seed=args.seed)
             return 0

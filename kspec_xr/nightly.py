@@ -17,8 +17,9 @@ from collections.abc import Iterable
 import numpy as np
 import xarray as xr
 
-from .errors import CalibrationError
-from .maskbits import bit
+from ._base.errors import CalibrationError
+from ._base.maskbits import bit
+from .io import open_red
 
 __all__ = ["nightly_transfer", "NIGHTLY_NAME"]
 
@@ -27,8 +28,6 @@ NIGHTLY_NAME = "kspec_xr_nightly_calibration.nc"
 
 
 def _calibration_of(item) -> tuple[str, xr.Dataset]:
-    from .io import open_red
-
     if isinstance(item, xr.Dataset):
         ds, name = item, str(item.encoding.get("source", "exposure"))
     else:

@@ -1,20 +1,42 @@
-"""The whole flux calibration in one call, and the reference pipeline's entry point."""
+"""The whole flux calibration: one call on a Dataset, one driver for files.
+
+- :func:`flux_calibrate` chains the stages on a Dataset (lazy on dask);
+- :func:`calibrate_file` is the one driver from a RED file to a calibrated
+  RED file — the command line, :func:`apply_fluxcal` and every task of
+  :func:`kspec_xr.calibrate_many` go through it, so the checks on the output
+  (never the input, exists, resume, folder) live in one place;
+- :func:`apply_fluxcal` is the reference pipeline's entry point (in place).
+"""
 
 from __future__ import annotations
 
+import math
 import os
+import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import xarray as xr
 
-from .apply import apply_calibration
-from .calibration import combine_calibrations, scale_to_photometry, star_calibrations
-from .errors import CalibrationError
-from .fitting import fit_standards
-from .gating import GATE_DEFAULTS, gate_standards
-from .standards import associate_catalog, select_standards
+from ._base.errors import CalibrationError, KspecError, OutputExistsError, RedFileError
+from ._base.paths import same_file
+from ._base.provenance import primary_header
+from ._base.schema import FLUX_UNITS, standard_reasons, standards_used
+from .io import calibration_warning, open_red, write_red
+from .stages import (
+    GATE_DEFAULTS,
+    apply_calibration,
+    associate_catalog,
+    combine_calibrations,
+    fit_standards,
+    gate_standards,
+    scale_to_photometry,
+    select_standards,
+    star_calibrations,
+)
 
-__all__ = ["flux_calibrate", "apply_fluxcal"]
+__all__ = ["flux_calibrate", "calibrate_file", "CalibrationResult", "apply_fluxcal"]
 
 
 def flux_calibrate(
@@ -49,7 +71,7 @@ def flux_calibrate(
     catalog : path, pandas.DataFrame, astropy.table.Table or xr.Dataset
         Standard-star catalogue (ATLAS-RefCat2 CSV, a table with its columns,
         or :func:`read_catalog` output).
-    templates : None, path, xr.DataArray or xr.Dataset
+    templates : None, path, xr.DataArray or kx.PreparedTemplates
         Template grid (``None``: the bundled stand-in grid) or a prepared grid.
     fwhm : float, optional
         Instrument FWHM in Å (default: ``SPECFWHM`` from the header).
@@ -67,7 +89,7 @@ def flux_calibrate(
         Stellar lines left out of the per-star calibrations.
     gating : mapping, optional
         Thresholds of :func:`kspec_xr.gate_standards` to change from their
-        defaults (:data:`kspec_xr.gating.GATE_DEFAULTS`), e.g.
+        defaults (:data:`kspec_xr.stages.GATE_DEFAULTS`), e.g.
         ``{"zp_limit": 0.2}``.
     sigma : float
         Clipping threshold when combining the stars.
@@ -111,6 +133,158 @@ def flux_calibrate(
     )
 
 
+@dataclass
+class CalibrationResult:
+    """What :func:`calibrate_file` did with one exposure."""
+
+    input: str
+    output: str
+    status: str  #: "ok" or "skipped" (a complete output was kept, ``resume=True``)
+    n_standards: int | None = None
+    n_used: int | None = None  #: standards that contribute
+    n_rejected: int | None = None
+    rms: float = math.nan  #: median fractional RMS of the standards' shapes
+    rejected: str = ""  #: fiber and reason of every rejected standard
+    warning: str = ""  #: a calibration resting on one or two standards
+    seconds: float = math.nan
+    dataset: xr.Dataset | None = None  #: the calibrated exposure (None when skipped)
+
+    def summary(self) -> dict:
+        """The result without the Dataset (a row of a batch summary)."""
+        row = asdict(self)
+        row.pop("dataset")
+        return row
+
+
+def output_state(path: str | os.PathLike) -> str:
+    """'complete' (opens and is flux-calibrated), 'uncalibrated' or 'corrupt'."""
+    try:
+        ds = open_red(path)
+    except Exception:  # any reading failure means a damaged file: redo it
+        return "corrupt"
+    flag = primary_header(ds).get("FLUXCAL")
+    if flag is None:  # a file without the card: judge by the flux units
+        flag = ds["flux"].attrs.get("units") == FLUX_UNITS
+    return "complete" if flag is True else "uncalibrated"
+
+
+def _check_output(source: Path, output: Path, *, overwrite: bool, resume: bool, in_place: bool):
+    """Decide what to do with ``output`` before any work: 'write', 'replace' or 'skip'."""
+    if same_file(source, output) and not in_place:
+        raise KspecError(
+            f"the output {output} is the input {source}; kspec_xr never overwrites its input "
+            "(choose another output; apply_fluxcal calibrates in place on purpose)"
+        )
+    folder = output.parent
+    if not folder.is_dir():
+        raise RedFileError(
+            f"cannot write {output}: the folder {folder} does not exist; create it first"
+        )
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise RedFileError(f"cannot write {output}: the folder {folder} is not writable")
+    if in_place or not output.exists():
+        return "replace" if output.exists() else "write"
+    state = output_state(output) if resume else None
+    if state == "complete":
+        return "skip"
+    if state == "corrupt" or overwrite:
+        return "replace"  # a partial output of an earlier run is redone
+    hint = (
+        "it is not a flux-calibrated RED file; pass overwrite=True (--overwrite) to replace it"
+        if resume
+        else "pass overwrite=True (--overwrite) to replace it, or resume=True (--resume) to keep "
+        "complete outputs"
+    )
+    raise OutputExistsError(f"output {output} exists; {hint}")
+
+
+def calibrate_file(
+    input: str | os.PathLike,
+    output: str | os.PathLike | None = None,
+    *,
+    catalog,
+    overwrite: bool = False,
+    resume: bool = False,
+    in_place: bool = False,
+    **options,
+) -> CalibrationResult:
+    """Calibrate one RED file into another: open, :func:`flux_calibrate`, compute once, write.
+
+    Parameters
+    ----------
+    input : path
+        The RED file; never changed unless ``in_place``.
+    output : path
+        The calibrated RED file (written to a temporary file and renamed).
+    catalog
+        As for :func:`flux_calibrate`.
+    overwrite : bool
+        Replace an existing ``output``.
+    resume : bool
+        Keep an existing ``output`` that is a complete calibrated file
+        (status ``'skipped'``); redo a damaged one.
+    in_place : bool
+        Replace ``input`` by its calibrated version (``output`` must be None
+        or the input).
+    **options
+        Passed to :func:`flux_calibrate`.
+
+    Returns
+    -------
+    CalibrationResult
+        The counts, the reasons, the warning and the computed Dataset.
+
+    Raises
+    ------
+    KspecError
+        The output would be the input; the output exists (and neither
+        ``overwrite`` nor a complete output with ``resume``); its folder is
+        missing or read-only — all before any work.  Any input error of the
+        stages, and :class:`CalibrationError` when no standard is usable
+        (nothing is written).
+    """
+    start = time.perf_counter()
+    source = Path(input)
+    if in_place:
+        if output is not None and not same_file(source, Path(output)):
+            raise TypeError(
+                "calibrate_file(in_place=True) writes the input itself: leave output out"
+            )
+        output = source
+    if output is None:
+        raise TypeError("calibrate_file needs an output path (or in_place=True)")
+    output = Path(output)
+    action = _check_output(source, output, overwrite=overwrite, resume=resume, in_place=in_place)
+    if action == "skip":
+        return CalibrationResult(str(input), str(output), "skipped", seconds=_since(start))
+    out = flux_calibrate(open_red(source), catalog=catalog, **options).compute()
+    write_red(out, output, overwrite=action == "replace")
+    n_standards = int(out.sizes.get("standard", 0))
+    n_used = int(standards_used(out).sum())
+    reasons = standard_reasons(out)
+    fibers = np.asarray(out["standard_fiber"].values)
+    good = np.asarray(out["calibration_mask"].values) == 0
+    rms_values = np.asarray(out["calibration_rms"].values, dtype=float)[good]
+    rms_values = rms_values[np.isfinite(rms_values)]
+    return CalibrationResult(
+        input=str(input),
+        output=str(output),
+        status="ok",
+        n_standards=n_standards,
+        n_used=n_used,
+        n_rejected=n_standards - n_used,
+        rms=float(np.median(rms_values)) if rms_values.size else math.nan,
+        rejected="; ".join(f"fiber {int(fibers[k])}: {r}" for k, r in enumerate(reasons) if r),
+        warning=calibration_warning(out),
+        seconds=_since(start),
+        dataset=out,
+    )
+
+
+def _since(start: float) -> float:
+    return round(time.perf_counter() - start, 3)
+
+
 def _truthy(value) -> bool:
     if isinstance(value, str):
         return value.strip().lower() in ("1", "t", "true", "yes", "y", "on")
@@ -135,8 +309,6 @@ def apply_fluxcal(red_filename: str | os.PathLike, args: dict) -> bool:
     bool
         True when the file was calibrated, False when ``CALIBFLUX`` is off.
     """
-    from .io import open_red, write_red
-
     if not _truthy(args.get("CALIBFLUX", False)):
         return False
     catalog = args.get("CALIBFLUX_CATALOG")
@@ -146,14 +318,13 @@ def apply_fluxcal(red_filename: str | os.PathLike, args: dict) -> bool:
         )
     fwhm = args.get("CALIBFLUX_FWHM")
     fwhm = float(fwhm) if fwhm not in (None, "", 0, "0") else None
-    path = Path(red_filename)
-    out = flux_calibrate(
-        open_red(path).load(),
+    calibrate_file(
+        red_filename,
+        in_place=True,
         catalog=catalog,
         templates=args.get("CALIBFLUX_TEMPLATES"),
         fwhm=fwhm,
         metric=str(args.get("CALIBFLUX_METRIC", "chi2")).lower(),
         smooth=_truthy(args.get("CALIBFLUX_SMOOTH", False)),
-    ).compute()
-    write_red(out, path, overwrite=True)
+    )
     return True

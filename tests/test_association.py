@@ -8,8 +8,8 @@ from astropy.coordinates import Angle
 from astropy.table import Table
 
 import kspec_xr as kx
-from kspec_xr.errors import CatalogError, KspecWarning
-from kspec_xr.status import StandardStatus
+from kspec_xr._base.errors import CatalogError, KspecWarning
+from kspec_xr._base.schema import StandardStatus
 from kspec_xr.testing import make_exposure
 
 

@@ -10,7 +10,7 @@ import xarray as xr
 
 import kspec_xr as kx
 from kspec_xr import CatalogError, read_catalog
-from kspec_xr.catalog import REFCAT2_COLUMNS, catalog_bands
+from kspec_xr.io.catalog import REFCAT2_COLUMNS, catalog_bands
 
 # Three stars in RefCat2 layout.  Star 1 has sentinels (99 mag, 9.99 errors),
 # empty cells and junk; star 2 has no 2MASS.

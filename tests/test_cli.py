@@ -137,7 +137,7 @@ def test_demo_reports_accuracy(tmp_path, capsys):
 def test_someone_elses_exposure_through_the_cli(tmp_path):
     """Another setup (range, FWHM, DISPAXIS=2, RA in degrees), unseen throughput, shuffled
     catalogue with extra rows: calibrated by the command line to the same accuracy."""
-    from kspec_xr.demo import accuracy_report
+    from kspec_xr.testing import accuracy_report
 
     sim = make_exposure(
         77,

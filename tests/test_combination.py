@@ -5,11 +5,10 @@ import pytest
 import xarray as xr
 
 import kspec_xr as kx
-from kspec_xr.demo import accuracy_report
-from kspec_xr.maskbits import bit
+from kspec_xr._base.maskbits import bit
+from kspec_xr.kernels.robust import bridge_gaps, combine_kernel
 from kspec_xr.qc import line_band_departures
-from kspec_xr.robust import bridge_gaps, combine_kernel
-from kspec_xr.testing import make_exposure, raise_if_dask_computes
+from kspec_xr.testing import accuracy_report, make_exposure, raise_if_dask_computes
 
 SIM = {"n_fiber": 48, "n_pixel": 2048, "n_bright": 6}
 

@@ -13,7 +13,7 @@ import xarray as xr
 from distributed import Client, LocalCluster, WorkerPlugin
 
 import kspec_xr as kx
-import kspec_xr.distributed as kd
+import kspec_xr.batch as kd
 from kspec_xr.cli import main
 from kspec_xr.nightly import NIGHTLY_NAME
 from kspec_xr.testing import make_exposure

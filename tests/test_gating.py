@@ -8,11 +8,10 @@ import numpy as np
 import pytest
 
 import kspec_xr as kx
+from kspec_xr._base.errors import CalibrationError
+from kspec_xr._base.schema import StandardStatus
 from kspec_xr.cli import main
-from kspec_xr.demo import accuracy_report
-from kspec_xr.errors import CalibrationError
-from kspec_xr.status import StandardStatus
-from kspec_xr.testing import make_exposure
+from kspec_xr.testing import accuracy_report, make_exposure
 
 SIM = {"n_fiber": 40, "n_pixel": 2048}
 

@@ -17,9 +17,9 @@ from conftest import build_red_hdulist
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kspec_xr import maskbits
-from kspec_xr.errors import CatalogError, OutputExistsError, RedFileError
-from kspec_xr.io import (
+from kspec_xr._base import maskbits
+from kspec_xr._base.errors import CatalogError, OutputExistsError, RedFileError
+from kspec_xr import (
     add_history,
     assign_fiber_types,
     open_red,

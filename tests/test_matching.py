@@ -3,15 +3,22 @@
 import numpy as np
 import pytest
 
-from kspec_xr.fitting import teff_candidates
-from kspec_xr.matching import PreparedGrid, Scorer, _interp_weights, fit_star, huber_rho
-from kspec_xr.photometry import colour_pair_indices, synthetic_mags
-from kspec_xr.prepare import prepare_templates
-from kspec_xr.resample import SIGMA_PER_FWHM, edges_from_centers, resample_matrix
-from kspec_xr.rv import C_KMS
-from kspec_xr.standin import surface_flux, write_standin_grid
-from kspec_xr.status import FitStatus
-from kspec_xr.templates import open_bosz
+from kspec_xr import synthetic_mags
+from kspec_xr._base.bands import COLOR_PAIRS
+from kspec_xr._base.schema import FitStatus
+from kspec_xr.kernels.photometry import color_pair_indices
+from kspec_xr.kernels.resample import SIGMA_PER_FWHM, edges_from_centers, resample_matrix
+from kspec_xr.kernels.rv import C_KMS
+from kspec_xr.kernels.template_fit import (
+    Scorer,
+    TemplateGrid,
+    _interp_weights,
+    fit_star,
+    huber_rho,
+    teff_candidates,
+)
+from kspec_xr.templates import open_bosz, prepare_templates
+from kspec_xr.templates.standin import surface_flux, write_standin_grid
 
 WAVE = np.linspace(3800.0, 9000.0, 2500)
 FWHM = 2.5
@@ -29,13 +36,13 @@ def setup(tmp_path_factory):
     )
     prep = prepare_templates(open_bosz(root), WAVE, FWHM, cache=False)
     bands = [str(b) for b in prep["band"].values]
-    grid = PreparedGrid(
+    grid = TemplateGrid(
         prep["loglam"].values,
         prep["flux"].values,
         prep["continuum"].values,
         np.stack([prep[p].values for p in ("teff", "logg", "mh")], axis=1),
         prep["mags"].values,
-        colour_pair_indices(bands),
+        color_pair_indices(bands, COLOR_PAIRS),
         oversample=prep.attrs["oversample"],
     )
     return grid, bands
@@ -105,7 +112,7 @@ def test_without_colours_the_spectrum_decides(setup):
     grid, bands = setup
     counts, variance, mags = _star(6250.0, 4.0, 0.0, 50.0, bands)
     fit = _fit(grid, counts, variance, mags * np.nan, np.nan)
-    assert fit.status == FitStatus.NO_COLOURS
+    assert fit.status == FitStatus.NO_COLORS
     assert fit.teff == pytest.approx(6250, abs=60)
 
 

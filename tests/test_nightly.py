@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from kspec_xr.errors import CalibrationError
-from kspec_xr.maskbits import bit
+from kspec_xr._base.errors import CalibrationError
+from kspec_xr._base.maskbits import bit
 from kspec_xr.nightly import nightly_transfer
 
 

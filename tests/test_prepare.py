@@ -7,9 +7,10 @@ import pytest
 from scipy.ndimage import gaussian_filter1d
 
 import kspec_xr as kx
-from kspec_xr.errors import TemplateError
-from kspec_xr.prepare import prepare_templates
-from kspec_xr.standin import write_standin_grid
+from kspec_xr._base.bands import band_range
+from kspec_xr._base.errors import TemplateError
+from kspec_xr.templates import prepare_templates
+from kspec_xr.templates.standin import write_standin_grid
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +75,7 @@ def test_synthetic_mags_of_every_template(small_grid):
     # the grid covers 3600-7500 Å: exactly the bands inside it
     assert {"panstarrs-g", "panstarrs-r", "sdss2010-g"} <= set(prep["band"].values)
     for band in prep["band"].values:
-        lo, hi = kx.photometry.band_range(str(band))
+        lo, hi = band_range(str(band))
         assert lo >= 3600 and hi <= 7500
     hot = prep["mags"].where(prep["teff"] == 6250, drop=True)
     cool = prep["mags"].where(prep["teff"] == 5750, drop=True)
@@ -90,8 +91,8 @@ def test_cache_is_reused_and_keyed(small_grid, tmp_path):
     t0 = time.perf_counter()
     first = prepare_templates(small_grid, WAVE, FWHM, cache=tmp_path)
     cold = time.perf_counter() - t0
-    files = list(tmp_path.glob("prepared-*.nc"))
-    assert len(files) == 1
+    folders = [p for p in tmp_path.glob("prepared-*") if (p / "meta.json").is_file()]
+    assert len(folders) == 1
     t0 = time.perf_counter()
     second = prepare_templates(small_grid, WAVE, FWHM, cache=tmp_path)
     warm = time.perf_counter() - t0
@@ -99,9 +100,9 @@ def test_cache_is_reused_and_keyed(small_grid, tmp_path):
     np.testing.assert_array_equal(first["flux"].values, second["flux"].values)
     prepare_templates(small_grid, WAVE, FWHM + 0.5, cache=tmp_path)
     prepare_templates(small_grid, WAVE[:-1], FWHM, cache=tmp_path)
-    assert len(list(tmp_path.glob("prepared-*.nc"))) == 3
-    # a damaged cache entry is rebuilt, never trusted
-    files[0].write_bytes(b"garbage")
+    assert len(list(tmp_path.glob("prepared-*/meta.json"))) == 3
+    # a damaged cache entry is rebuilt, never trusted (in memory and on disk)
+    (folders[0] / "flux.npy").write_bytes(b"garbage")
     again = prepare_templates(small_grid, WAVE, FWHM, cache=tmp_path)
     np.testing.assert_array_equal(first["flux"].values, again["flux"].values)
 
@@ -122,16 +123,16 @@ def test_fwhm_polynomial(small_grid):
 
 
 def test_cache_keeps_the_most_recent(small_grid, tmp_path, monkeypatch):
-    import kspec_xr.prepare as prep_module
+    import kspec_xr.templates.prepared as prep_module
 
     monkeypatch.setattr(prep_module, "CACHE_KEPT", 2)
     for fwhm in (3.0, 3.2, 3.4):
         prepare_templates(small_grid, WAVE, fwhm, cache=tmp_path)
-    assert len(list(tmp_path.glob("prepared-*.nc"))) == 2
+    assert len(list(tmp_path.glob("prepared-*/meta.json"))) == 2
 
 
 def test_old_standin_versions_are_removed(tmp_path, monkeypatch):
-    from kspec_xr import standin
+    from kspec_xr.templates import standin
 
     (tmp_path / "standin-r10000-oldversion").mkdir()
     (tmp_path / "standin-r5000-otherres").mkdir()

@@ -19,11 +19,10 @@ import numpy as np
 import pytest
 
 import kspec_xr as kx
-from kspec_xr.fitting import _grid_arrays
-from kspec_xr.matching import Scorer, running_mean
-from kspec_xr.resample import edges_from_centers
-from kspec_xr.rv import xcorr_velocity
-from kspec_xr.standin import write_standin_grid
+from kspec_xr.kernels.resample import edges_from_centers
+from kspec_xr.kernels.rv import xcorr_velocity
+from kspec_xr.kernels.template_fit import Scorer, running_mean
+from kspec_xr.templates.standin import write_standin_grid
 from kspec_xr.testing import make_exposure
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
@@ -65,7 +64,7 @@ def case(tmp_path_factory):
     )
     wave = np.asarray(fitted["wavelength"].values)
     prep = kx.prepare_templates(grid, wave, FWHM, cache=cache)
-    fast, _ = _grid_arrays(prep, 0.0)
+    fast = prep.kernel_grid(0.0)
     stars = rf.standards_inputs(fitted, prep["band"].values)
     return {
         "grid": grid,

@@ -4,7 +4,12 @@ import numpy as np
 import pytest
 from scipy.stats import norm
 
-from kspec_xr.resample import cumulative, edges_from_centers, rebin_cumulative, resample_matrix
+from kspec_xr.kernels.resample import (
+    cumulative,
+    edges_from_centers,
+    rebin_cumulative,
+    resample_matrix,
+)
 
 
 def _reference(src_edges, values, dst_edges, sigma, n_sub=400):

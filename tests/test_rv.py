@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from kspec_xr.rv import C_KMS, parabola_peak, xcorr_velocity
+from kspec_xr.kernels.rv import C_KMS, parabola_peak, xcorr_velocity
 
 
 def _lines(loglam, centres, depth=0.5, width=2e-4):

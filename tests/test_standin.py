@@ -8,9 +8,13 @@ import time
 import numpy as np
 import pytest
 
-from kspec_xr import standin
-from kspec_xr.standin import bosz_wavelength, standin_grid_path, surface_flux, write_standin_grid
-from kspec_xr.templates import bosz_folder, open_bosz, parse_bosz_name, wave_grid_name
+from kspec_xr.templates import bosz_folder, open_bosz, parse_bosz_name, standin, wave_grid_name
+from kspec_xr.templates.standin import (
+    bosz_wavelength,
+    standin_grid_path,
+    surface_flux,
+    write_standin_grid,
+)
 
 R = 10000
 _FULL = bosz_wavelength(R)

@@ -17,9 +17,8 @@ import xarray as xr
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kspec_xr import templates
-from kspec_xr.errors import OutputExistsError, TemplateError
-from kspec_xr.standin import write_standin_grid
+from kspec_xr._base.errors import OutputExistsError, TemplateError
+from kspec_xr.templates import bosz as templates
 from kspec_xr.templates import (
     bosz_folder,
     bosz_name,
@@ -28,6 +27,7 @@ from kspec_xr.templates import (
     parse_bosz_name,
     wave_grid_name,
 )
+from kspec_xr.templates.standin import write_standin_grid
 
 FOUR_PI = 4.0 * np.pi
 SMALL = {

@@ -1,0 +1,660 @@
+"""What the RED reader and writer share: the layout's names and the FITS encoding.
+
+- The names of the HDUs and cards of the RED layout and of the ``KX*`` cards
+  with which the writer describes variables that do not come from the file.
+- Small helpers both sides need (unique variable names, byte order, unit and
+  angle conversions, bit-exact comparison).
+- The FITS encoding itself.  The RED writer must reproduce an input file card
+  for card.  Astropy builds the *data* part of an HDU well, but when it is
+  handed a header it reorders or strips cards.  So the writer lets astropy
+  encode each HDU on its own, takes the data bytes and the structural cards
+  it generated (``BITPIX``, ``NAXISn``, ``TFORMn`` …), merges those values
+  into the header that was read from the file (keeping its card order,
+  comments and every other card verbatim) and writes header and data blocks
+  itself: :func:`encode_image` / :func:`encode_table`, :func:`merge_header`,
+  :func:`update_checksums`, :func:`encode_attrs` / :func:`decode_attrs`,
+  :func:`column_format`.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from astropy import units as u
+from astropy.io import fits
+
+from .._base import maskbits
+from .._base.errors import RedFileError
+from .._base.schema import COLUMN_ATTR, HDU_ATTR, HEADER_ATTR, HISTORY_ATTR, ORDER_ATTR, RAW_ATTR
+
+__all__ = [
+    "BLOCK",
+    "EncodedHDU",
+    "column_format",
+    "decode_attrs",
+    "encode_attrs",
+    "encode_image",
+    "encode_table",
+    "merge_header",
+    "update_checksums",
+]
+
+BLOCK = 2880
+
+_VAR_CARD, _META_CARD, _DIM_CARD, _COL_CARD = "KXVAR", "KXMETA", "KXDIM", "KXCOL"
+_ATTRS_CARD = "KXATTRS"
+
+_FIBRES, _VARIANCE, _WAVELA, _MASK = "FIBRES", "VARIANCE", "WAVELA", "MASK"
+#: HDUs with a meaning in a RED file (MASK is also kept as an image variable)
+_ROLE_HDUS = (_FIBRES, _VARIANCE, _WAVELA, _MASK)
+_FIBRES_NAMES = {"TYPE": "fiber_type", "NAME": "fiber_name", "RA": "ra", "DEC": "dec"}
+_ANGLES = ("RA", "DEC")
+_RADIANS = {"rad", "radian", "radians"}
+_DEGREES = {"deg", "degree", "degrees"}
+#: extra image HDUs whose 1-D axis is ambiguous when fibers == pixels
+_SPECTRAL_HDUS, _FIBER_HDUS = {"SKY"}, {"THPUT"}
+_MANAGED = {"units", "long_name", HEADER_ATTR, HDU_ATTR, COLUMN_ATTR, RAW_ATTR}
+_MANAGED |= set(maskbits.flag_attrs())
+_MANAGED_DS = {HEADER_ATTR, ORDER_ATTR, HISTORY_ATTR}
+_DEFAULT_FLUX_UNITS = "count"
+
+
+def _input_file(path, error, what: str) -> Path:
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"{what} path must be a str or os.PathLike, not {type(path).__name__}")
+    path = Path(path)
+    if not path.exists():
+        raise error(f"{what} {path} does not exist; check the path")
+    if not path.is_file():
+        raise error(f"{what} {path} is not a file; give the path of a FITS file")
+    if not os.access(path, os.R_OK):
+        raise error(f"cannot read {what} {path}: permission denied; check its permissions")
+    return path
+
+
+class _Names:
+    """Hands out unique, netCDF-safe variable names."""
+
+    def __init__(self, taken=()):
+        self.taken = set(taken)
+
+    def claim(self, name: str) -> str:
+        base = re.sub(r"[^\w.+\-@]", "_", str(name).strip()) or "unnamed"
+        if not base[0].isalnum():
+            base = f"X{base}"
+        candidate, n = base, 1
+        while candidate in self.taken:
+            n += 1
+            candidate = f"{base}_{n}"
+        self.taken.add(candidate)
+        return candidate
+
+
+def _native(array: np.ndarray) -> np.ndarray:
+    """A native-byte-order copy (FITS data are big-endian)."""
+    array = np.asarray(array)
+    if array.dtype.byteorder not in "=|":
+        array = array.astype(array.dtype.newbyteorder("="))
+    return array
+
+
+def _tight_strings(values: np.ndarray) -> np.ndarray:
+    """Strings in the narrowest ``<U`` dtype (as netCDF gives them back)."""
+    width = int(np.char.str_len(values).max()) if values.size else 1
+    return values.astype(f"<U{max(width, 1)}")
+
+
+def _bits_equal(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Element-wise bitwise equality (NaN payloads and signed zeros included)."""
+    a = np.asarray(a)
+    b = np.asarray(b, dtype=a.dtype)
+    if a.dtype.kind == "f":
+        return a.view(f"u{a.dtype.itemsize}") == b.view(f"u{b.dtype.itemsize}")
+    return a == b
+
+
+def _same_bits(a: np.ndarray, b: np.ndarray) -> bool:
+    """True if two arrays have the same shape, dtype (either byte order) and bits."""
+    a, b = np.asarray(a), np.asarray(b)
+    if a.shape != b.shape or a.dtype.newbyteorder("=") != b.dtype.newbyteorder("="):
+        return False
+    a, b = a.astype(a.dtype.newbyteorder("=")), b.astype(b.dtype.newbyteorder("="))
+    return bool(np.all(_bits_equal(a, b)))
+
+
+def _squared_units(units: str) -> str:
+    return f"{units}2" if re.fullmatch(r"[A-Za-z]+", units) else f"({units})2"
+
+
+def _same_unit(a: str, b: str) -> bool:
+    """True if two unit strings mean the same (``'degrees'`` and ``'deg'``)."""
+    a, b = a.strip(), b.strip()
+    if a == b:
+        return True
+    for names in (_DEGREES, _RADIANS):
+        if a.lower() in names and b.lower() in names:
+            return True
+    try:
+        return u.Unit(a, parse_strict="silent") == u.Unit(b, parse_strict="silent")
+    except (ValueError, TypeError):
+        return False
+
+
+def _default_column_units(values: np.ndarray) -> str:
+    return "1" if values.dtype.kind in "iufc" else ""
+
+
+def _extname(header: fits.Header) -> str:
+    return str(header.get("EXTNAME", "")).strip()
+
+
+def _is_table(header: fits.Header) -> bool:
+    return str(header.get("XTENSION", "")).strip().upper() in {"BINTABLE", "TABLE"}
+
+
+def _angle_to_degrees(values: np.ndarray, unit: str | None, where: str):
+    """Degrees from a FIBRES RA/DEC column and the name of the stored unit.
+
+    2dfdr writes radians without always saying so: a column without TUNIT is
+    taken as radians unless some value is beyond 2π (then degrees).
+    """
+    name = (unit or "").strip().lower()
+    if not name:
+        finite = values[np.isfinite(values)]
+        name = "deg" if finite.size and np.abs(finite).max() > 2 * np.pi + 1e-9 else "rad"
+    if name in _DEGREES:
+        return values, None
+    if name in _RADIANS:
+        return np.degrees(values), "rad"
+    try:
+        factor = u.Unit(unit).to(u.deg)
+    except (ValueError, u.UnitsError):
+        raise RedFileError(
+            f"{where} has TUNIT {unit!r}, which is not an angle; "
+            "set it to 'rad' or 'deg' (2dfdr writes radians)"
+        ) from None
+    return values * factor, unit
+
+
+def _angle_from_degrees(values: np.ndarray, unit: str) -> np.ndarray:
+    if unit.strip().lower() in _RADIANS:
+        return np.radians(values)
+    return values / u.Unit(unit).to(u.deg)
+
+
+def _wcs_wavelength(header: fits.Header, npix: int, axis: int) -> np.ndarray | None:
+    """Wavelengths (Å) of a linear (or -LOG) WCS along FITS axis ``axis``, or None."""
+    crval = header.get(f"CRVAL{axis}")
+    cdelt = header.get(f"CDELT{axis}", header.get(f"CD{axis}_{axis}"))
+    if crval is None or cdelt is None:
+        return None
+    offset = (np.arange(1, npix + 1, dtype=np.float64) - header.get(f"CRPIX{axis}", 1.0)) * cdelt
+    if str(header.get(f"CTYPE{axis}", "")).strip().upper().endswith("-LOG"):
+        wave = crval * np.exp(offset / crval)
+    else:
+        wave = crval + offset
+    unit = str(header.get(f"CUNIT{axis}", "")).strip()
+    if unit and unit.lower() not in {"angstrom", "angstroms", "a"}:
+        wave = wave * u.Unit(unit).to(u.AA)
+    return wave
+
+
+#: keywords whose value follows from the data (taken from astropy's header)
+_STRUCTURAL = {"SIMPLE", "XTENSION", "BITPIX", "NAXIS", "EXTEND", "PCOUNT", "GCOUNT"}
+_STRUCTURAL |= {"TFIELDS", "THEAP", "BSCALE", "BZERO"}
+#: indexed column keywords; the first group follows from the column definitions
+_COLUMN_STRUCTURAL = ("TTYPE", "TFORM", "TUNIT", "TNULL", "TSCAL", "TZERO", "TDISP", "TDIM")
+_COLUMN_OTHER = ("TBCOL", "TLMIN", "TLMAX", "TDMIN", "TDMAX", "TCTYP", "TCUNI", "TCRPX")
+_COLUMN_OTHER += ("TCRVL", "TCDLT", "TCROT", "TRPOS")
+_COLUMN_KEY = re.compile(rf"^({'|'.join(_COLUMN_STRUCTURAL + _COLUMN_OTHER)})(\d+)$")
+_NAXIS_KEY = re.compile(r"^NAXIS\d+$")
+#: cards astropy adds with their default value; absent in a stored header means the same
+_DEFAULT_VALUES = {"BSCALE": 1, "BZERO": 0, "TSCAL": 1, "TZERO": 0}
+
+
+def _split_column_key(keyword: str) -> tuple[str, int] | None:
+    match = _COLUMN_KEY.match(keyword)
+    return (match.group(1), int(match.group(2))) if match else None
+
+
+def _is_structural(keyword: str) -> bool:
+    if keyword in _STRUCTURAL or _NAXIS_KEY.match(keyword):
+        return True
+    split = _split_column_key(keyword)
+    return split is not None and split[0] in _COLUMN_STRUCTURAL
+
+
+def _same_value(a, b) -> bool:
+    if isinstance(a, str) and isinstance(b, str):
+        return a.rstrip() == b.rstrip()
+    if isinstance(a, bool) or isinstance(b, bool):
+        return a is b
+    try:
+        return bool(a == b)
+    except (TypeError, ValueError):  # pragma: no cover - exotic card values
+        return False
+
+
+def _default_for(keyword: str):
+    split = _split_column_key(keyword)
+    return _DEFAULT_VALUES.get(split[0] if split else keyword)
+
+
+def merge_header(
+    stored: fits.Header, generated: fits.Header, renumber: dict[int, int] | None = None
+) -> fits.Header:
+    """Stored card order and comments, with the structural values astropy generated.
+
+    Parameters
+    ----------
+    stored : astropy.io.fits.Header
+        The header kept from the file (or extra cards for a new HDU).
+    generated : astropy.io.fits.Header
+        The header astropy wrote for the re-encoded data.
+    renumber : dict, optional
+        Old column number -> new column number, when table columns were
+        dropped; columns missing from the mapping lose their keywords.
+
+    Returns
+    -------
+    astropy.io.fits.Header
+        Every non-structural card of ``stored`` verbatim and in place; each
+        structural card with ``generated``'s value (verbatim when unchanged);
+        structural cards only ``generated`` has, inserted after their
+        predecessor in ``generated``.
+    """
+    wanted = {card.keyword: card for card in generated.cards}
+    out: list[fits.Card] = []
+    for card in stored.cards:
+        keyword = card.keyword
+        split = _split_column_key(keyword)
+        if split is not None and renumber is not None:
+            new_index = renumber.get(split[1])
+            if new_index is None:
+                continue
+            keyword = f"{split[0]}{new_index}"
+        if not _is_structural(keyword):
+            out.append(
+                card if keyword == card.keyword else fits.Card(keyword, card.value, card.comment)
+            )
+            continue
+        new = wanted.get(keyword)
+        if new is None:
+            continue  # no longer true of the data (e.g. NAXIS3 of a squeezed image)
+        if keyword == card.keyword and _same_value(card.value, new.value):
+            out.append(card)
+        else:
+            out.append(fits.Card(keyword, new.value, card.comment or new.comment))
+    present = {card.keyword: i for i, card in enumerate(out)}
+    anchor = -1
+    for card in generated.cards:
+        if card.keyword in present:
+            anchor = present[card.keyword]
+            continue
+        if _same_value(card.value, _default_for(card.keyword)):
+            continue
+        anchor += 1
+        out.insert(anchor, card)
+        present = {c.keyword: i for i, c in enumerate(out)}
+    return fits.Header(out)
+
+
+@dataclass
+class EncodedHDU:
+    """One HDU ready to write: its final header and its padded data bytes."""
+
+    header: fits.Header
+    data: bytes
+
+    def tobytes(self) -> bytes:
+        """Header blocks followed by data blocks."""
+        return self.header.tostring(endcard=True, padding=True).encode("ascii") + self.data
+
+
+def _astropy_encoded(hdu, primary: bool) -> tuple[fits.Header, bytes]:
+    """Let astropy write ``hdu`` to memory; return its header and data bytes."""
+    hdus = [hdu] if primary else [fits.PrimaryHDU(), hdu]
+    buffer = io.BytesIO()
+    fits.HDUList(hdus).writeto(buffer)
+    raw = buffer.getvalue()
+    index = 0 if primary else 1
+    with fits.open(io.BytesIO(raw), lazy_load_hdus=False) as hdul:
+        info = hdul.fileinfo(index)
+        header = hdul[index].header.copy()
+    start = info["datLoc"]
+    return header, raw[start : start + info["datSpan"]]
+
+
+def _read_back(header: fits.Header, payload: bytes, primary: bool):
+    """The data astropy decodes from an encoded HDU (to check a scaling is exact)."""
+    head = b"" if primary else fits.PrimaryHDU().header.tostring().encode("ascii")
+    text = head + header.tostring().encode("ascii") + payload
+    with fits.open(io.BytesIO(text), memmap=False) as hdul:
+        data = hdul[0 if primary else 1].data
+        return None if data is None else data.copy()
+
+
+_INT_FOR_BITPIX = {8: np.uint8, 16: np.int16, 32: np.int32, 64: np.int64}
+
+
+def _raw_integers(values: np.ndarray, dtype, scale: float, zero: float, blank=None):
+    """Physical values -> stored integers for a scaled image or column."""
+    values = np.asarray(values, dtype=np.float64)
+    raw = np.rint((values - zero) / scale)
+    bad = ~np.isfinite(raw)
+    if bad.any():
+        raw[bad] = 0 if blank is None else blank
+    return raw.astype(dtype)
+
+
+def encode_image(
+    data: np.ndarray, *, stored: fits.Header | None = None, primary: bool = False
+) -> tuple[fits.Header, bytes]:
+    """Encode an image HDU's data with astropy.
+
+    Parameters
+    ----------
+    data : numpy.ndarray
+        Physical values, in on-disk axis order (NumPy order: last axis is NAXIS1).
+    stored : astropy.io.fits.Header, optional
+        The header read from the file; a ``BITPIX``/``BSCALE``/``BZERO``
+        scaling in it is applied again so that scaled integers come back —
+        only if that reproduces ``data`` exactly (processed values are
+        written as floats instead of being quantised).
+    primary : bool
+        Encode as a primary HDU.
+
+    Returns
+    -------
+    header, data_bytes
+        The structural header astropy generated and the padded data bytes.
+    """
+    data = np.asarray(data)
+    bitpix = stored.get("BITPIX") if stored is not None else None
+    scale = stored.get("BSCALE", 1) if stored is not None else 1
+    zero = stored.get("BZERO", 0) if stored is not None else 0
+    if data.size == 0 and stored is not None and stored.get("NAXIS") == 0:
+        header, payload = _astropy_encoded(
+            fits.PrimaryHDU() if primary else fits.ImageHDU(), primary
+        )
+        header["BITPIX"] = stored["BITPIX"]  # no data: keep the declared type
+        return header, payload
+    # astropy decodes scaled integers to floats (unsigned ones to uint): scale back
+    if bitpix in _INT_FOR_BITPIX and (scale, zero) != (1, 0) and data.dtype.kind == "f":
+        raw = _raw_integers(data, _INT_FOR_BITPIX[bitpix], scale, zero, stored.get("BLANK"))
+        hdu = fits.PrimaryHDU(raw) if primary else fits.ImageHDU(raw)
+        header, payload = _astropy_encoded(hdu, primary)
+        header["BSCALE"] = scale
+        header["BZERO"] = zero
+        if "BLANK" in stored:
+            header["BLANK"] = stored["BLANK"]
+        if _same_bits(_read_back(header, payload, primary), data):
+            return header, payload
+    hdu = fits.PrimaryHDU(data) if primary else fits.ImageHDU(data)
+    return _astropy_encoded(hdu, primary)
+
+
+# --- table columns ----------------------------------------------------------------
+
+_FORMAT_FOR_KIND = {
+    ("b", 1): ("L", None),
+    ("u", 1): ("B", None),
+    ("i", 2): ("I", None),
+    ("i", 4): ("J", None),
+    ("i", 8): ("K", None),
+    ("u", 2): ("I", 2**15),
+    ("u", 4): ("J", 2**31),
+    ("u", 8): ("K", 2**63),
+    ("f", 4): ("E", None),
+    ("f", 8): ("D", None),
+    ("c", 8): ("C", None),
+    ("c", 16): ("M", None),
+}
+_BITS_FOR_CODE = {"B": 8, "I": 16, "J": 32, "K": 64}
+
+
+def _strip_repeat(tform: str) -> tuple[int, str]:
+    match = re.match(r"^\s*(\d*)([A-Za-z])", tform)
+    if match is None:
+        raise ValueError(f"unreadable TFORM {tform!r}")
+    return (int(match.group(1)) if match.group(1) else 1), match.group(2).upper()
+
+
+def column_format(values: np.ndarray) -> tuple[str, int | None, str | None]:
+    """A binary-table ``TFORM`` for an array whose first axis is the row.
+
+    Returns
+    -------
+    tform, tzero, tdim
+        ``tzero`` is the unsigned-integer offset (or None) and ``tdim`` the
+        ``TDIM`` string for cells of more than one axis (or None).
+
+    Raises
+    ------
+    TypeError
+        For dtypes FITS tables cannot hold (datetimes, objects that are not
+        strings, multi-dimensional strings).
+    """
+    values = np.asarray(values)
+    cell = values.shape[1:]
+    repeat = int(np.prod(cell)) if cell else 1
+    tdim = "(" + ",".join(str(n) for n in reversed(cell)) + ")" if len(cell) > 1 else None
+    kind = values.dtype.kind
+    if kind in "US":
+        if cell:
+            raise TypeError("multi-dimensional string columns cannot be written to FITS")
+        width = max(1, int(np.char.str_len(values).max())) if values.size else 1
+        return f"{width}A", None, None
+    if kind == "f" and values.dtype.itemsize == 2:
+        kind, size = "f", 4
+    else:
+        size = values.dtype.itemsize
+    try:
+        code, tzero = _FORMAT_FOR_KIND[(kind, size)]
+    except KeyError:
+        raise TypeError(f"a FITS table cannot hold values of dtype {values.dtype}") from None
+    prefix = "" if repeat == 1 and not cell else str(repeat)
+    return f"{prefix}{code}", tzero, tdim
+
+
+def _stored_column(stored: fits.Header, number: int) -> dict:
+    return {
+        key: stored[f"{key}{number}"]
+        for key in ("TFORM", "TUNIT", "TNULL", "TSCAL", "TZERO", "TDISP", "TDIM")
+        if f"{key}{number}" in stored
+    }
+
+
+def _column_for(name: str, values: np.ndarray, unit: str | None, stored: dict, scaling=True):
+    """A ``fits.Column`` for one column, and its raw (TSCAL, TZERO) scaling or None.
+
+    The stored ``TFORMn`` (and ``TDIMn``, ``TNULLn``, ``TDISPn``) are reused
+    while the values still fit them; a scaled integer column read as floats
+    is written as raw integers again when ``scaling`` is allowed.
+    """
+    values = np.asarray(values)
+    tform, tzero, tdim = column_format(values)
+    scale, zero = stored.get("TSCAL", 1), stored.get("TZERO", 0)
+    raw_scaling = None
+    if "TFORM" in stored:
+        repeat, code = _strip_repeat(stored["TFORM"])
+        new_repeat, new_code = _strip_repeat(tform)
+        scaled = code in _BITS_FOR_CODE and (scale, zero) != (1, 0)
+        if scaling and scaled and values.dtype.kind == "f":
+            values = _raw_integers(values, _INT_FOR_BITPIX[_BITS_FOR_CODE[code]], scale, zero)
+            tform, tzero, tdim = stored["TFORM"], None, stored.get("TDIM")
+            raw_scaling = (scale, zero)
+        elif code == new_code and (repeat >= new_repeat if code == "A" else repeat == new_repeat):
+            tform, tdim = stored["TFORM"], stored.get("TDIM", tdim)
+    integer = _strip_repeat(tform)[1] in _BITS_FOR_CODE
+    column = fits.Column(
+        name=name,
+        format=tform,
+        array=values,
+        unit=unit,
+        bzero=tzero,
+        null=stored.get("TNULL") if integer else None,
+        disp=stored.get("TDISP"),
+        dim=tdim,
+    )
+    return column, raw_scaling
+
+
+def _encode_table_once(columns, stored: fits.Header, nrows, unscaled: set[int]):
+    made, scalings = [], {}
+    for number, (name, values, unit, old) in enumerate(columns, start=1):
+        spec = _stored_column(stored, old) if old else {}
+        column, scaling = _column_for(name, values, unit, spec, number not in unscaled)
+        made.append(column)
+        if scaling is not None:
+            scalings[number] = scaling
+    hdu = fits.BinTableHDU.from_columns(fits.ColDefs(made), nrows=nrows or 0)
+    header, payload = _astropy_encoded(hdu, primary=False)
+    for number, (scale, zero) in scalings.items():
+        header.set(f"TSCAL{number}", scale, after=f"TFORM{number}")
+        header.set(f"TZERO{number}", zero, after=f"TSCAL{number}")
+    return header, payload, scalings
+
+
+def encode_table(
+    columns: list[tuple[str, np.ndarray, str | None, int | None]],
+    *,
+    stored: fits.Header | None = None,
+    nrows: int | None = None,
+) -> tuple[fits.Header, bytes]:
+    """Encode a binary table with astropy.
+
+    Parameters
+    ----------
+    columns : list of (name, values, unit, stored_number)
+        ``stored_number`` is the column's number in ``stored`` (its ``TFORMn``
+        etc. are reused when the values still fit) or None for a new column.
+    stored : astropy.io.fits.Header, optional
+        The header read from the file.
+    nrows : int, optional
+        Row count, needed only when there are no columns.
+
+    Returns
+    -------
+    header, data_bytes
+
+    Notes
+    -----
+    A column stored with ``TSCALn``/``TZEROn`` keeps its scaling only if
+    decoding gives back the values exactly; otherwise (processed values) it
+    is written as plain floats rather than quantised.
+    """
+    stored = stored if stored is not None else fits.Header()
+    unscaled: set[int] = set()
+    while True:
+        header, payload, scalings = _encode_table_once(columns, stored, nrows, unscaled)
+        if not scalings:
+            return header, payload
+        back = _read_back(header, payload, primary=False)
+        inexact = {n for n in scalings if not _same_bits(back.field(n - 1), columns[n - 1][1])}
+        if not inexact:
+            return header, payload
+        unscaled |= inexact
+
+
+# --- checksums --------------------------------------------------------------------
+
+
+def _ones_complement_sum(data: bytes, start: int = 0) -> int:
+    words = np.frombuffer(data, dtype=">u4").astype(np.uint64)
+    total = int(words.sum()) + start
+    while total >> 32:
+        total = (total & 0xFFFFFFFF) + (total >> 32)
+    return total
+
+
+_EXCLUDE = frozenset(b":;<=>?@[\\]^_`")
+
+
+def _encode_checksum(value: int) -> str:
+    """ASCII encoding of a 32-bit checksum (Seaman, Pence & Rots 2002)."""
+    asc = [0] * 16
+    for i in range(4):
+        byte = (value >> (24 - 8 * i)) & 0xFF
+        chars = [byte // 4 + 0x30] * 4
+        chars[0] += byte % 4
+        changed = True
+        while changed:
+            changed = False
+            for j in (0, 2):
+                if chars[j] in _EXCLUDE or chars[j + 1] in _EXCLUDE:
+                    chars[j] += 1
+                    chars[j + 1] -= 1
+                    changed = True
+        for j in range(4):
+            asc[4 * j + i] = chars[j]
+    return bytes(asc[-1:] + asc[:-1]).decode("ascii")
+
+
+def update_checksums(hdu: EncodedHDU) -> None:
+    """Recompute ``DATASUM``/``CHECKSUM`` in place if the header has them."""
+    header = hdu.header
+    if "CHECKSUM" not in header and "DATASUM" not in header:
+        return
+    datasum = _ones_complement_sum(hdu.data)
+    if "DATASUM" in header:
+        header["DATASUM"] = str(datasum)
+    if "CHECKSUM" in header:
+        header["CHECKSUM"] = "0" * 16
+        text = header.tostring(endcard=True, padding=True).encode("ascii")
+        total = _ones_complement_sum(text, datasum)
+        header["CHECKSUM"] = _encode_checksum(~total & 0xFFFFFFFF)
+
+
+# --- attributes <-> JSON -----------------------------------------------------------
+
+
+def _to_json(value, where: str):
+    if isinstance(value, (str, bool)) or value is None:
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, np.generic):
+        return value
+    if isinstance(value, (np.ndarray, np.generic)):
+        array = np.asarray(value)
+        if array.dtype.kind not in "biufUS":
+            raise TypeError(f"cannot write attribute {where} of dtype {array.dtype} to FITS")
+        return {"__ndarray__": array.tolist(), "dtype": array.dtype.str, "shape": list(array.shape)}
+    if isinstance(value, (list, tuple)):
+        return [_to_json(v, where) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _to_json(v, where) for k, v in value.items()}
+    raise TypeError(
+        f"cannot write attribute {where} of type {type(value).__name__} to FITS; "
+        "use a str, number, list or NumPy array"
+    )
+
+
+def _from_json(obj: dict):
+    if "__ndarray__" in obj:
+        array = np.array(obj["__ndarray__"], dtype=np.dtype(obj["dtype"]))
+        return array[()] if not obj["shape"] else array.reshape(obj["shape"])
+    return obj
+
+
+def encode_attrs(attrs: dict, where: str = "") -> str:
+    """JSON text for an attrs dict (NumPy scalars and arrays keep their dtype).
+
+    The text is plain printable ASCII without single quotes (escaped as
+    ``\\u0027``): astropy misreads long (CONTINUE) strings in which a
+    doubled quote falls at a segment boundary.
+    """
+    text = json.dumps(
+        {k: _to_json(v, f"{where}.{k}") for k, v in attrs.items()}, separators=(",", ":")
+    )
+    return text.replace("'", "\\u0027")
+
+
+def decode_attrs(text: str) -> dict:
+    """Inverse of :func:`encode_attrs`."""
+    return json.loads(text, object_hook=_from_json)

@@ -1,0 +1,601 @@
+"""Template matching for standard stars: NumPy kernels, vectorised over templates.
+
+For one star (observed counts on the exposure's pixels) and a prepared grid
+(:func:`kspec_xr.prepare_templates`), :func:`fit_star`
+
+1. estimates the radial velocity by FFT cross-correlation on the ln λ grid
+   against the templates that best match the star's colours;
+2. rebins every candidate template (the nodes in the star's colour Teff
+   box), shifted to that velocity, onto the exposure's pixels from their
+   running integrals — all templates at once;
+3. divides the star and every template by their own running mean over
+   ~150 Å (same pixel weights), so the throughput and every broad shape drop
+   out of both alike, and scores each candidate with χ² or Huber over the
+   unmasked pixels (matrix products), a 1 % template error added to the noise;
+4. adds the colour χ² of the candidate's synthetic photometry, after
+   rescaling the spectral χ² so the best fit has χ²/dof = 1 (template
+   mismatch must not drown the colours, which fix the continuum slope);
+5. refines (Teff, log g, [M/H]) between grid nodes by minimising that score
+   over multilinear mixes of the neighbouring nodes (Powell), refines the
+   velocity with parabolas in χ² against the interpolated model, and returns
+   the model spectrum on the exposure's pixels (continuum interpolated in log,
+   lines linearly) with its synthetic magnitudes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from typing import NamedTuple
+
+import numpy as np
+
+from .._base.schema import FitStatus
+from .photometry import ColorChi2
+from .resample import (
+    bin_log_grid,
+    bin_pixels,
+    cumulative,
+    edges_from_centers,
+    rebin_cumulative,
+)
+from .rv import C_KMS, parabola_peak, xcorr_velocity
+
+__all__ = [
+    "TemplateGrid",
+    "StarFit",
+    "FitBlock",
+    "fit_block",
+    "teff_candidates",
+    "Scorer",
+    "fit_star",
+    "huber_rho",
+    "running_mean",
+    "smoothing_pixels",
+]
+
+HUBER_K = 1.345  # Huber's constant for 95 % efficiency on Gaussian data
+
+
+class TemplateGrid:
+    """The arrays of a prepared template grid that the fit needs (NumPy only).
+
+    Made by :class:`kspec_xr.templates.PreparedTemplates` (which stores the
+    expensive derived arrays once per instrument setup) and rebuilt cheaply
+    inside every fit block from arrays passed to it positionally.
+
+    Parameters
+    ----------
+    loglam : (L,) ln λ of the working grid
+    flux, continuum : (N, L) templates at the instrument resolution (float32;
+        only the rows of a star's final model are used)
+    params : (T, 3) Teff, log g, [M/H] of the templates fitted
+    mags : (T, B) their synthetic AB magnitudes
+    pairs : (k, 2) band indices of the colors used
+    oversample : working pixels per exposure pixel
+    rows : (T,) row in ``flux``/``continuum`` of every template (default: all)
+    scoring : the grid binned to about one exposure pixel, with
+        ``norm`` and ``cumulative`` given (see below), or None
+    norm, cumulative : (T, L') templates over their continuum and their running
+        integrals (:func:`~kspec_xr.kernels.resample.cumulative`); computed on
+        first use when not given
+    """
+
+    def __init__(
+        self,
+        loglam,
+        flux,
+        continuum,
+        params,
+        mags,
+        pairs,
+        oversample: int = 1,
+        *,
+        rows=None,
+        scoring: TemplateGrid | None = None,
+        norm=None,
+        cumulative=None,
+    ):
+        self.loglam = np.asarray(loglam, dtype=float)
+        self.flux = flux
+        self.continuum = continuum
+        self.params = np.asarray(params, dtype=float)
+        self.mags = np.asarray(mags, dtype=float)
+        self.pairs = np.asarray(pairs)
+        self.oversample = int(oversample)
+        self.rows = np.arange(self.params.shape[0]) if rows is None else np.asarray(rows)
+        if norm is not None:
+            self.__dict__["norm"] = norm
+        if cumulative is not None:
+            self.__dict__["_cumulative"] = cumulative
+        if scoring is not None:
+            scoring.__dict__.update(lattice=self.lattice, axes=self.axes)
+            self.__dict__["scoring"] = scoring
+
+    @property
+    def dlnl(self) -> float:
+        return float(self.loglam[1] - self.loglam[0])
+
+    @cached_property
+    def edges(self) -> np.ndarray:
+        return edges_from_centers(np.exp(self.loglam))
+
+    @cached_property
+    def norm(self) -> np.ndarray:
+        """(T, L) templates divided by their own continuum."""
+        return np.asarray(self.flux)[self.rows] / np.asarray(self.continuum)[self.rows]
+
+    def node_rows(self, nodes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(n, L) float64 normalised spectra and log continua of a few nodes."""
+        rows = self.rows[np.asarray(nodes)]
+        cont = np.asarray(self.continuum[rows], dtype=float)
+        return np.asarray(self.flux[rows], dtype=float) / cont, np.log(cont)
+
+    @cached_property
+    def _cumulative(self) -> np.ndarray:
+        """(T, L + 1) running integrals of the normalised templates (resample.cumulative)."""
+        return cumulative(self.norm, self.edges)
+
+    def rebin_norm(
+        self, wave_edges: np.ndarray, rv: float, templates: np.ndarray | None = None
+    ) -> np.ndarray:
+        """(P, C) normalised templates (all by default) at velocity ``rv`` on the pixels.
+
+        Plain flux-conserving rebinning of the shifted templates, every
+        template at once from the running integrals.  (The continuum is smooth
+        on a pixel, so rebinning flux/continuum equals rebinned flux over
+        rebinned continuum to ~1e-6.)
+        """
+        rows = None if templates is None else np.asarray(templates)
+        return rebin_cumulative(
+            self._cumulative, self.edges, wave_edges, stretch=1.0 + rv / C_KMS, rows=rows
+        ).T
+
+    def binned(self, factor: int) -> TemplateGrid:
+        """The grid with ``factor`` working pixels averaged into one (for scoring)."""
+        if factor <= 1:
+            return self
+        flux = np.asarray(self.flux)[self.rows]
+        continuum = np.asarray(self.continuum)[self.rows]
+        coarse = TemplateGrid(
+            bin_log_grid(self.loglam, factor),
+            bin_pixels(flux, factor),
+            bin_pixels(continuum, factor),
+            self.params,
+            self.mags,
+            self.pairs,
+        )
+        coarse.__dict__.update(lattice=self.lattice, axes=self.axes)  # shared
+        return coarse
+
+    @cached_property
+    def scoring(self) -> TemplateGrid:
+        """Binned to about one exposure pixel: enough to rank templates, 3× cheaper."""
+        return self.binned(self.oversample)
+
+    @cached_property
+    def axes(self) -> list[np.ndarray]:
+        """The distinct node values of Teff, log g and [M/H]."""
+        return [np.unique(self.params[:, k]) for k in range(self.params.shape[1])]
+
+    @cached_property
+    def lattice(self) -> np.ndarray:
+        """(T, 3) node index of every template along each parameter axis."""
+        return np.stack(
+            [np.searchsorted(axis, self.params[:, k]) for k, axis in enumerate(self.axes)], axis=1
+        ).astype(float)
+
+    def physical(self, index: np.ndarray) -> np.ndarray:
+        """Parameters at a fractional lattice position (linear between nodes)."""
+        return np.array(
+            [
+                np.interp(i, np.arange(axis.size), axis)
+                for i, axis in zip(index, self.axes, strict=True)
+            ]
+        )
+
+
+@dataclass
+class StarFit:
+    """The result of :func:`fit_star` for one star (NaN everywhere when it failed)."""
+
+    teff: float
+    logg: float
+    mh: float
+    rv: float
+    score: float
+    chi2_red: float
+    best: int
+    runner_up: int
+    runner_up_score: float
+    model: np.ndarray  # (P,) surface flux of the refined model at the exposure's pixels
+    model_mags: np.ndarray  # (B,)
+    n_pixels: int
+    status: FitStatus = FitStatus.OK
+
+
+def huber_rho(r: np.ndarray, k: float = HUBER_K) -> np.ndarray:
+    """Huber's loss of normalised residuals: r²/2 inside ±k, k(|r| − k/2) outside."""
+    a = np.abs(r)
+    return np.where(a <= k, 0.5 * r * r, k * (a - 0.5 * k))
+
+
+def smoothing_pixels(wave: np.ndarray, scale: float) -> int:
+    """Pixels of the running mean (odd, at least 5) that spans ``scale`` Å."""
+    step = float(np.median(np.diff(wave)))
+    return max(5, int(round(scale / step)) | 1)
+
+
+def running_mean(values: np.ndarray, weight: np.ndarray, width: int) -> np.ndarray:
+    """Weighted running mean along the first axis: S(v·g)/S(g), twice a boxcar (a triangle).
+
+    Masked pixels (g = 0) do not count; where no valid pixel is near (a gap
+    wider than the window) the result is 1, and those pixels carry no weight.
+    """
+    from scipy.ndimage import uniform_filter1d
+
+    def smooth(a):
+        once = uniform_filter1d(a, width, axis=0, mode="nearest")
+        return uniform_filter1d(once, width, axis=0, mode="nearest")
+
+    g = np.asarray(weight, dtype=float)
+    num = smooth(values * (g if values.ndim == 1 else g[:, None]))
+    den = smooth(g)
+    if values.ndim > 1:
+        den = den[:, None]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = num / den
+    return np.where(den > 1e-6, out, 1.0)
+
+
+def _shifted(grid, wave_edges, rv, cum) -> np.ndarray:
+    """Spectra on the working grid (as running integrals), shifted by ``rv``, on the pixels."""
+    return rebin_cumulative(cum, grid.edges, wave_edges, stretch=1.0 + rv / C_KMS)
+
+
+def _refine(lattice, norm_t, smooth_t, mags_t, scorer, colours, inflate, start):
+    """Minimise the score over continuous (Teff, log g, [M/H]) around the best node.
+
+    The model at a fractional lattice position is the multilinear mix of the
+    surrounding nodes' normalised spectra (and of their fluxes through each
+    band, for the colours); Powell's method searches the box of ±1 node.
+    """
+    from scipy.optimize import minimize
+
+    rows_n = np.ascontiguousarray(norm_t.T)  # (C, P): a node's spectrum is one row
+    rows_s = np.ascontiguousarray(smooth_t.T)
+
+    def objective(t):
+        weights = _interp_weights(lattice, t)
+        used = np.flatnonzero(weights)
+        model = (weights[used] @ rows_n[used]) / (weights[used] @ rows_s[used])
+        mix = weights[used] @ mags_t[used]
+        return scorer(model) / inflate + colours(mix)[0, 0]
+
+    edge_lo, edge_hi = lattice.min(axis=0), lattice.max(axis=0)
+    best_x, best_value = start.astype(float), objective(start)
+    for _ in range(4):  # recentre while the optimum sits on the box's inner edge
+        lo = np.maximum(start - 1.0, edge_lo)
+        hi = np.minimum(start + 1.0, edge_hi)
+        result = minimize(
+            objective,
+            start.astype(float),
+            method="Powell",
+            bounds=list(zip(lo, hi, strict=True)),
+            options={"xtol": 2e-2, "ftol": 1e-4},
+        )
+        if result.fun < best_value:
+            best_x, best_value = result.x, float(result.fun)
+        on_edge = ((result.x <= lo + 1e-3) & (lo > edge_lo)) | (
+            (result.x >= hi - 1e-3) & (hi < edge_hi)
+        )
+        if not np.any(on_edge):
+            break
+        start = np.round(result.x)
+    return best_x, best_value
+
+
+def _interp_weights(lattice: np.ndarray, target: np.ndarray):
+    """Multilinear weights over the nodes around ``target`` (fractional lattice units)."""
+    scaled = lattice
+    weights = np.prod(np.clip(1.0 - np.abs(scaled - target), 0.0, None), axis=1)
+    if weights.sum() <= 0:
+        weights[np.argmin(np.sum((scaled - target) ** 2, axis=1))] = 1.0
+    return weights / weights.sum()
+
+
+def fit_star(
+    wave: np.ndarray,
+    flux: np.ndarray,
+    variance: np.ndarray,
+    good: np.ndarray,
+    mags: np.ndarray,
+    mag_errs: np.ndarray,
+    grid: TemplateGrid,
+    candidates: np.ndarray,
+    *,
+    metric: str = "chi2",
+    vmax: float = 500.0,
+    n_xcorr: int = 5,
+    model_error: float = 0.01,
+    smooth_scale: float = 150.0,
+) -> StarFit:
+    """Fit one standard star; see the module docstring for the steps.
+
+    Parameters
+    ----------
+    wave : (P,) exposure wavelengths (Å)
+    flux, variance : (P,) observed counts and their variance
+    good : (P,) bool, pixels to use
+    mags, mag_errs : (B,) catalogue AB magnitudes in the grid's bands (NaN = missing)
+    grid : TemplateGrid
+    candidates : (C,) int, template indices to consider (the colour Teff box)
+    metric : {"chi2", "huber"}
+    vmax : float, velocity search range (km/s)
+    n_xcorr : int, templates (best by colour) used for the velocity estimate
+    model_error : float, fractional template error per pixel, added in quadrature
+        to the noise of the normalised star: no grid matches a real star
+        better than this, and without it the spectrum outweighs the colours
+    smooth_scale : float, width (Å) of the running mean that star and templates
+        are divided by before they are compared
+    """
+    n_pix = wave.size
+    nan_fit = StarFit(
+        *(np.nan,) * 6,
+        -1,
+        -1,
+        np.nan,
+        np.full(n_pix, np.nan),
+        np.full(grid.mags.shape[1], np.nan),
+        0,
+    )
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ivar = np.where(good & (variance > 0) & np.isfinite(flux), 1.0 / variance, 0.0)
+    n_good = int(np.count_nonzero(ivar))
+    if n_good < 50 or candidates.size == 0:
+        nan_fit.status = FitStatus.TOO_FEW_PIXELS if n_good < 50 else FitStatus.NO_CANDIDATE
+        return nan_fit
+    flux = np.where(ivar > 0, flux, 0.0)
+    wave_edges = edges_from_centers(wave)
+
+    colours = ColorChi2(mags, mag_errs, grid.pairs)
+    col_chi2, n_col = colours(grid.mags[candidates])[0], int(colours.n_colors[0])
+
+    # 1. velocity from the templates closest in colour, on the ln λ scoring grid,
+    #    star and templates divided by their own running mean
+    order = np.argsort(col_chi2, kind="stable")[: max(1, n_xcorr)]
+    coarse = grid.scoring
+    lam_work = np.exp(coarse.loglam)
+    inside = (lam_work > wave[0]) & (lam_work < wave[-1])
+    w_on_log = (np.interp(lam_work, wave, (ivar > 0).astype(float)) > 0.999) & inside
+    w_on_log = w_on_log.astype(float)
+    width_log = smoothing_pixels(lam_work, smooth_scale)
+    obs_on_log = np.interp(lam_work, wave, flux)
+    spec = obs_on_log / running_mean(obs_on_log, w_on_log, width_log) - 1.0
+    refs = coarse.norm[candidates[order]].T
+    refs = (refs / running_mean(refs, w_on_log, width_log) - 1.0).T
+    velocity, _ = xcorr_velocity(
+        np.where(w_on_log > 0, spec, 0.0), w_on_log, refs, coarse.dlnl, vmax=vmax
+    )
+    rv = float(np.median(velocity))
+
+    # 2.-3. every candidate on the exposure's pixels, normalised, scored
+    norm_t = grid.scoring.rebin_norm(wave_edges, rv, candidates)  # (P, C)
+    lattice = grid.lattice[candidates]
+    # star and templates divided by their own running mean over `width` pixels
+    # (the same weights): the throughput and every broad shape drop out of
+    # both alike, so the score sees the lines and the colours fix the slope
+    width = smoothing_pixels(wave, smooth_scale)
+    gpix = (ivar > 0).astype(float)
+    obs_smooth = running_mean(flux, gpix, width)
+    smooth_t = running_mean(norm_t, gpix, width)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        obs_norm = np.where(obs_smooth > 0, flux / obs_smooth, 0.0)
+        var_norm = np.where(ivar > 0, 1.0 / (ivar * obs_smooth**2), np.inf)
+        w = np.where(obs_smooth > 0, 1.0 / (var_norm + model_error**2), 0.0)
+    scorer = Scorer(obs_norm, w, metric)
+    spec_score = scorer(norm_t / smooth_t)
+    best_local = int(np.argmin(spec_score))
+    dof = max(n_good - 1, 1)
+    chi2_red = float(Scorer(obs_norm, w, "chi2")(norm_t[:, best_local] / smooth_t[:, best_local]))
+    chi2_red /= dof
+    inflate = max(1.0, chi2_red)
+    total = spec_score / inflate + col_chi2
+    best_local = int(np.argmin(total))
+    target, refined_score = _refine(
+        lattice,
+        norm_t,
+        smooth_t,
+        grid.mags[candidates],
+        scorer,
+        colours,
+        inflate,
+        lattice[best_local],
+    )
+
+    # 4.-5. the velocity against the refined model, then the final model
+    ranked = np.argsort(total, kind="stable")
+    runner = int(ranked[1]) if ranked.size > 1 else -1
+    weights = _interp_weights(lattice, target)
+    teff, logg, mh = grid.physical(target)
+    used = np.flatnonzero(weights > 0)
+    # between nodes: continuum interpolated in log (Planck-like shapes mix
+    # geometrically), line pattern linearly; magnitudes linearly (= log flux)
+    nodes = candidates[used]
+    node_norm, node_log_cont = grid.node_rows(nodes)
+    fine_cont = np.exp(weights[used] @ node_log_cont)
+    fine_model = fine_cont * (weights[used] @ node_norm)
+    model_mags = weights[used] @ grid.mags[nodes]
+
+    scorer_chi2 = Scorer(obs_norm, w, "chi2")
+    final_cum = cumulative(np.stack([fine_model, fine_cont]), grid.edges)  # once per star
+    step_v = C_KMS * grid.dlnl * grid.oversample
+    for shrink in (1.0, 0.25):  # a parabola over ±1 pixel, then over ±1/4 pixel
+        step = step_v * shrink
+        chi = []
+        for v in rv + step * np.array([-1.0, 0.0, 1.0]):
+            model_v, cont_v = _shifted(grid, wave_edges, v, final_cum)
+            pattern = model_v / cont_v
+            chi.append(scorer_chi2(pattern / running_mean(pattern, gpix, width)))
+        rv = float(rv + step * parabola_peak(*chi))
+    model = _shifted(grid, wave_edges, rv, final_cum[0])
+
+    return StarFit(
+        teff=float(teff),
+        logg=float(logg),
+        mh=float(mh),
+        rv=rv,
+        score=refined_score,
+        chi2_red=chi2_red,
+        best=int(candidates[best_local]),
+        runner_up=int(candidates[runner]) if runner >= 0 else -1,
+        runner_up_score=float(total[runner]) if runner >= 0 else np.nan,
+        model=model,
+        model_mags=model_mags,
+        n_pixels=n_good,
+        status=FitStatus.OK if n_col else FitStatus.NO_COLORS,
+    )
+
+
+class Scorer:
+    """Scores of model spectra against one normalised star (divided by its running mean).
+
+    ``chi2``: Σ w (obs − m)²; ``huber``: 2 Σ ρ_Huber((obs − m)·√w).  The
+    star's terms are computed once; a model costs two dot products (χ²).
+    """
+
+    def __init__(self, obs_norm: np.ndarray, w: np.ndarray, metric: str):
+        if metric not in ("chi2", "huber"):
+            raise ValueError(f"metric must be 'chi2' or 'huber', not {metric!r}")
+        self.metric = metric
+        self.obs = obs_norm
+        self.w = w
+        self.wo = w * obs_norm
+        self.a = float(np.sum(self.wo * obs_norm))
+        self.sw = np.sqrt(w)
+
+    def __call__(self, models: np.ndarray) -> np.ndarray:
+        """(P,) → scalar, or (P, C) → (C,)."""
+        if self.metric == "chi2":
+            # the square expanded: matrix-vector products, no (P, C) residual array
+            return self.a - 2.0 * (self.wo @ models) + self.w @ (models * models)
+        resid = (self.obs if models.ndim == 1 else self.obs[:, None]) - models
+        resid = resid * (self.sw if models.ndim == 1 else self.sw[:, None])
+        return 2.0 * np.sum(huber_rho(resid), axis=0)
+
+
+def teff_candidates(teff: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """Templates whose Teff lies in the box widened to the grid nodes that bracket it.
+
+    The refinement interpolates between nodes, so the nodes just outside the
+    color box must be candidates too, or a star near the box edge is pinned
+    to the last node inside it.
+    """
+    nodes = np.unique(teff)
+    below = nodes[nodes <= lo]
+    above = nodes[nodes >= hi]
+    first = below[-1] if below.size else nodes[0]
+    last = above[0] if above.size else nodes[-1]
+    return np.flatnonzero((teff >= first) & (teff <= last))
+
+
+class FitBlock(NamedTuple):
+    """The results of :func:`fit_block` for a block of S stars, by name."""
+
+    teff: np.ndarray  # (S,)
+    logg: np.ndarray
+    mh: np.ndarray
+    rv: np.ndarray
+    score: np.ndarray
+    chi2_red: np.ndarray
+    template: np.ndarray  # (S,) int: best node (index into the fitted templates)
+    runner_up: np.ndarray  # (S,) int
+    runner_up_score: np.ndarray
+    status: np.ndarray  # (S,) FitStatus codes
+    model: np.ndarray  # (S, P)
+    model_mags: np.ndarray  # (S, B)
+
+
+def fit_block(
+    flux,
+    variance,
+    good,
+    mags,
+    errs,
+    teff_lo,
+    teff_hi,
+    wave,
+    loglam,
+    template_flux,
+    template_continuum,
+    rows,
+    params,
+    template_mags,
+    scoring_loglam,
+    scoring_norm,
+    scoring_cumulative,
+    *,
+    pairs,
+    oversample: int,
+    metric: str,
+    vmax: float,
+) -> FitBlock:
+    """Fit every star of a block: stars (S, P) and (S, B), the grid's arrays as given.
+
+    The grid arrays are those of :meth:`kspec_xr.templates.PreparedTemplates.kernel_inputs`
+    (of ``template_flux``/``template_continuum`` only the rows ``rows[nodes]``
+    of each star's final model are used).
+    """
+    scoring = TemplateGrid(
+        scoring_loglam,
+        None,
+        None,
+        params,
+        template_mags,
+        pairs,
+        norm=scoring_norm,
+        cumulative=scoring_cumulative,
+    )
+    grid = TemplateGrid(
+        loglam,
+        template_flux,
+        template_continuum,
+        params,
+        template_mags,
+        pairs,
+        oversample,
+        rows=rows,
+        scoring=scoring,
+    )
+    n_star, n_pix = flux.shape
+    out = {name: np.full(n_star, np.nan) for name in FitBlock._fields[:9]}
+    out["template"] = np.full(n_star, -1, dtype=np.int64)
+    out["runner_up"] = np.full(n_star, -1, dtype=np.int64)
+    out["status"] = np.zeros(n_star, dtype=np.int16)
+    out["model"] = np.full((n_star, n_pix), np.nan)
+    out["model_mags"] = np.full((n_star, grid.mags.shape[1]), np.nan)
+    for s in range(n_star):
+        if not np.any(np.isfinite(mags[s])):
+            out["status"][s] = FitStatus.NO_PHOTOMETRY
+            continue
+        candidates = teff_candidates(grid.params[:, 0], teff_lo[s], teff_hi[s])
+        fit = fit_star(
+            wave, flux[s], variance[s], good[s], mags[s], errs[s], grid, candidates,
+            metric=metric, vmax=vmax,
+        )  # fmt: skip
+        for name, value in (
+            ("teff", fit.teff),
+            ("logg", fit.logg),
+            ("mh", fit.mh),
+            ("rv", fit.rv),
+            ("score", fit.score),
+            ("chi2_red", fit.chi2_red),
+            ("template", fit.best),
+            ("runner_up", fit.runner_up),
+            ("runner_up_score", fit.runner_up_score),
+            ("status", fit.status),
+        ):
+            out[name][s] = value
+        out["model"][s] = fit.model
+        out["model_mags"][s] = fit.model_mags
+    return FitBlock(**out)

@@ -1,0 +1,189 @@
+"""Which catalogue star each standard is, and its photometry.
+
+:func:`associate_catalog` attaches each standard's catalogue photometry by an
+RA/Dec cross-match (astropy), or — only when the caller asks for it and the
+catalogue has one row per standard — by the order of the rows, as the
+reference pipeline does.  Standards without a match are kept and flagged with
+the reason (``standard_status``).
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import xarray as xr
+
+from .._base.errors import CalibrationError, CatalogError
+from .._base.provenance import add_history
+from .._base.schema import StandardStatus, source_name, with_status
+from ..io.catalog import read_catalog
+
+__all__ = ["associate_catalog"]
+
+
+def associate_catalog(
+    ds: xr.Dataset,
+    catalog,
+    /,
+    *,
+    method: str = "position",
+    radius: float = 2.0,
+) -> xr.Dataset:
+    """Attach each standard's catalogue photometry.
+
+    Parameters
+    ----------
+    ds : xr.Dataset
+        Output of :func:`select_standards`.
+    catalog : path, pandas.DataFrame, astropy.table.Table or xr.Dataset
+        ATLAS-RefCat2 CSV (or a table with its columns), or the Dataset of
+        :func:`kspec_xr.read_catalog`.
+    method : {"position", "order"}
+        ``"position"`` (default): the nearest catalogue star within
+        ``radius`` of each fibre; ``"order"``: the i-th standard (in fiber
+        order) is the i-th catalogue row — only for a catalogue with exactly
+        one row per standard, as the reference pipeline writes them.
+    radius : float
+        Match radius in arcsec.
+
+    Returns
+    -------
+    xr.Dataset
+        ``catalog_row`` (−1 when unmatched), ``catalog_sep`` (arcsec),
+        ``catalog_objid``, ``std_mag`` / ``std_mag_err`` on
+        (``standard``, ``band``) in AB; ``standard_status`` /
+        ``standard_reason`` say why a standard has no photometry.
+
+    Raises
+    ------
+    CatalogError
+        The catalogue cannot be read; position matching without positions
+        (the message lists the catalogue's columns); order matching with a
+        catalogue whose row count differs from the number of standards; no
+        standard has a match.
+    """
+    if method not in ("position", "order"):
+        hint = (
+            " ('auto' fell back to the row order when positions were missing, which "
+            "silently mismatches stars; it was removed)"
+            if method == "auto"
+            else ""
+        )
+        raise ValueError(f"method must be 'position' or 'order', not {method!r}{hint}")
+    if "standard_fiber" not in ds:
+        raise CalibrationError(
+            f"{source_name(ds)}: no standards selected; run ds.pipe(kx.select_standards) first"
+        )
+    where = str(catalog) if isinstance(catalog, str | os.PathLike) else "the catalogue"
+    cat = catalog if isinstance(catalog, xr.Dataset) else read_catalog(catalog)
+    where = str(cat.attrs.get("source", where))
+    n_std, n_cat = ds.sizes["standard"], cat.sizes["star"]
+    status = np.asarray(ds["standard_status"].values).astype("int16").copy()
+    if method == "position":
+        row, sep, status = _match_by_position(ds, cat, radius, status, where)
+    else:
+        if n_cat != n_std:
+            raise CatalogError(
+                f"{where}: order matching pairs the i-th standard with the i-th catalogue row, "
+                f"but the catalogue has {n_cat} rows for {n_std} standards; give a catalogue "
+                "with exactly one row per standard in fiber order, or match by position"
+            )
+        row, sep = np.arange(n_std), np.full(n_std, np.nan)
+    if np.all(row < 0):
+        raise CatalogError(
+            f'{where}: no standard star has a catalogue match (radius {radius}"); check that '
+            "the catalogue covers this field (fiber RA/Dec "
+            f"{np.nanmedian(ds['standard_ra'].values):.4f}, "
+            f"{np.nanmedian(ds['standard_dec'].values):.4f} deg)"
+        )
+
+    safe = np.where(row >= 0, row, 0)
+    matched = xr.DataArray(row >= 0, dims="standard")
+    picked = cat.isel(star=xr.DataArray(safe, dims="standard"))
+
+    def _bare(name):
+        var = picked[name].where(matched)
+        return var.drop_vars([c for c in var.coords if c != "band"])
+
+    mag, err = _bare("mag"), _bare("mag_err")
+    no_phot = (row >= 0) & ~np.any(np.isfinite(mag.values), axis=1)
+    status[no_phot & (status == StandardStatus.OK)] = StandardStatus.NO_PHOTOMETRY
+    objid = np.asarray(picked["objid"].values) if "objid" in picked else safe
+    if objid.dtype.kind not in "iu":
+        objid = safe
+    out = ds.assign(
+        catalog_row=(
+            "standard",
+            row,
+            {"long_name": "row in the standard-star catalogue (-1: none)"},
+        ),
+        catalog_sep=(
+            "standard",
+            sep,
+            {"units": "arcsec", "long_name": "fiber-catalogue separation"},
+        ),
+        catalog_objid=("standard", np.where(row >= 0, objid, -1).astype("int64")),
+        std_mag=mag.assign_attrs(units="mag", system="AB", long_name="catalogue magnitude"),
+        std_mag_err=err.assign_attrs(units="mag", long_name="catalogue magnitude error"),
+    )
+    out = out.assign_attrs(catalog_match=method, catalog_radius_arcsec=float(radius))
+    out = with_status(out, xr.DataArray(status, dims="standard"))
+    n_ok = int(np.sum(status == StandardStatus.OK))
+    return add_history(
+        out,
+        f"associate_catalog: {n_ok}/{n_std} standards matched by {method} in "
+        f"{os.path.basename(where)}",
+    )
+
+
+def _match_by_position(ds, cat, radius, status, where):
+    """Rows and separations of the nearest catalogue stars; statuses of the unmatched."""
+    if "ra" not in cat.coords or "dec" not in cat.coords:
+        columns = cat.attrs.get("columns", ", ".join(map(str, cat.data_vars)))
+        raise CatalogError(
+            f"{where} has no coordinate columns (recognised: RA/Dec, ra/dec, RAJ2000/DEJ2000, "
+            f"RA_ICRS/DE_ICRS, ALPHA_J2000/DELTA_J2000; found: {columns}); add them, or "
+            "match by row order (match='order', CLI --match order) with one row per standard"
+        )
+    std_ra = np.asarray(ds["standard_ra"].values, dtype=float)
+    std_dec = np.asarray(ds["standard_dec"].values, dtype=float)
+    has_fibre = np.isfinite(std_ra) & np.isfinite(std_dec)
+    if not has_fibre.any():
+        raise CatalogError(
+            f"{source_name(ds)}: no standard fibre has RA/Dec in its FIBRES table, so "
+            f"{where} cannot be matched by position; match by row order (match='order', "
+            "CLI --match order) with a catalogue of one row per standard in fiber order"
+        )
+    cat_ra = np.asarray(cat["ra"].values, dtype=float)
+    cat_dec = np.asarray(cat["dec"].values, dtype=float)
+    rows = np.flatnonzero(np.isfinite(cat_ra) & np.isfinite(cat_dec))
+    n_std = std_ra.size
+    row = np.full(n_std, -1)
+    sep = np.full(n_std, np.nan)
+    status[~has_fibre & (status == StandardStatus.OK)] = StandardStatus.NO_POSITION
+    if rows.size:
+        fib = np.flatnonzero(has_fibre)
+        hit, dist = _nearest(std_ra[fib], std_dec[fib], cat_ra[rows], cat_dec[rows])
+        row[fib] = np.where(dist <= radius, rows[hit], -1)
+        sep[fib] = dist
+        for star in np.unique(row[row >= 0]):
+            claim = np.flatnonzero(row == star)
+            if claim.size > 1:
+                loser = claim[np.argsort(sep[claim])[1:]]
+                row[loser] = -1
+                status[loser[status[loser] == StandardStatus.OK]] = StandardStatus.DUPLICATE
+    far = has_fibre & (row < 0) & (status == StandardStatus.OK)
+    status[far] = StandardStatus.NO_MATCH
+    return row, sep, status
+
+
+def _nearest(ra, dec, cat_ra, cat_dec):
+    """Index of the nearest catalogue star and its separation (arcsec) for every fibre."""
+    from astropy import units as u  # deferred: astropy.coordinates is slow to import
+    from astropy.coordinates import SkyCoord
+
+    fibers = SkyCoord(ra * u.deg, dec * u.deg)
+    stars = SkyCoord(cat_ra * u.deg, cat_dec * u.deg)
+    nearest, separation, _ = fibers.match_to_catalog_sky(stars)
+    return np.asarray(nearest), separation.to_value(u.arcsec)

@@ -1,0 +1,666 @@
+"""The template grid prepared for one instrument setup: an object built once and reused.
+
+Preparing a grid for an exposure's wavelength range and resolution is the
+expensive, reusable part of the fit (as xESMF's ``Regridder`` builds its
+weights once): every template is convolved to the instrument FWHM (less the
+grid's own resolution, in quadrature) and rebinned, flux-conservingly, onto a
+working grid uniform in ln λ, where a radial velocity is a plain index shift;
+their synthetic magnitudes, a binned copy for ranking templates and that
+copy's running integrals are computed alongside.  :class:`PreparedTemplates`
+holds all of it; :func:`prepare_templates` builds one or takes it from the
+cache (disk, and the last two in memory).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import threading
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+from .._base.bands import COLOR_PAIRS, KNOWN_BANDS, band_range, filter_curve
+from .._base.errors import CalibrationError, TemplateError
+from .._base.paths import cache_dir
+from ..kernels.photometry import band_weights, color_pair_indices, mags_from_weights
+from ..kernels.resample import (
+    SIGMA_PER_FWHM,
+    bin_log_grid,
+    bin_pixels,
+    cumulative,
+    edges_from_centers,
+    resample_matrix,
+)
+from ..kernels.rv import C_KMS
+from ..kernels.template_fit import TemplateGrid
+
+__all__ = [
+    "PreparedTemplates",
+    "prepare_templates",
+    "fwhm_at",
+    "PREPARE_VERSION",
+    "CACHE_KEPT",
+    "MEMORY_KEPT",
+]
+
+#: bump when the prepared product changes, so old cache entries are not reused
+PREPARE_VERSION = 4
+
+#: prepared grids kept in a cache folder (the most recently used; ~150 MB each
+#: for the 572-template stand-in grid on a 4096-pixel setup)
+CACHE_KEPT = 12
+
+#: prepared grids kept in memory by :func:`prepare_templates` (a night's
+#: exposures share one setup, so a batch worker prepares it once)
+MEMORY_KEPT = 2
+
+FWHM = float | Sequence[float] | Callable[[np.ndarray], np.ndarray]
+
+
+def fwhm_at(fwhm: FWHM, wavelength: np.ndarray) -> np.ndarray:
+    """Instrument FWHM (Å) at each wavelength.
+
+    ``fwhm`` is a constant (Å), polynomial coefficients in λ (Å, lowest order
+    first: ``c0 + c1·λ + c2·λ² …``) or a callable of λ.
+    """
+    lam = np.asarray(wavelength, dtype=float)
+    if callable(fwhm):
+        out = np.asarray(fwhm(lam), dtype=float)
+    elif np.ndim(fwhm) == 0:
+        out = np.full_like(lam, float(fwhm))
+    else:
+        out = np.polynomial.polynomial.polyval(lam, np.asarray(fwhm, dtype=float))
+    out = np.broadcast_to(out, lam.shape)
+    if not np.all(np.isfinite(out)) or np.any(out <= 0):
+        raise CalibrationError(
+            f"the instrument FWHM must be positive over {lam.min():.0f}-{lam.max():.0f} Å; "
+            "give a constant in Å (e.g. fwhm=2.5) or polynomial coefficients in λ"
+        )
+    return out
+
+
+def _working_grid(
+    wavelength: np.ndarray, fwhm: np.ndarray, *, vmax: float, oversample: int
+) -> np.ndarray:
+    """Log-uniform grid covering the exposure (plus RV and kernel margins)."""
+    lnl = np.log(wavelength)
+    dlnl = float(np.min(np.diff(lnl))) / oversample
+    margin = vmax / C_KMS + 6 * float(np.max(fwhm / wavelength)) / SIGMA_PER_FWHM
+    lo = lnl[0] - margin
+    n = int(np.ceil((lnl[-1] + margin - lo) / dlnl)) + 1
+    return np.exp(lo + dlnl * np.arange(n))
+
+
+#: arrays of a prepared grid and their dims
+_ARRAYS = {
+    "loglam": ("loglam",),
+    "flux": ("template", "loglam"),
+    "continuum": ("template", "loglam"),
+    "loglam_scoring": ("loglam_scoring",),
+    "scoring_flux": ("template", "loglam_scoring"),
+    "scoring_continuum": ("template", "loglam_scoring"),
+    "scoring_norm": ("template", "loglam_scoring"),
+    "scoring_cumulative": ("template", "loglam_edges"),
+    "params": ("template", "param"),
+    "alpha": ("template",),
+    "mags": ("template", "band"),
+}
+_PARAMS = ("teff", "logg", "mh")
+
+
+class PreparedTemplates:
+    """A template grid prepared for one instrument setup (wavelength grid and FWHM).
+
+    Build it with :func:`prepare_templates` (or :meth:`build`), pass it to
+    :func:`kspec_xr.fit_standards` / ``templates=`` for every exposure of the
+    setup, keep it as long as you calibrate such exposures: it is the
+    expensive reusable operator of the calibration, as xESMF's ``Regridder``
+    is of regridding.  :meth:`save` and :meth:`open` store it as a folder of
+    ``.npy`` arrays.
+
+    Attributes
+    ----------
+    bands : tuple of str
+        The bands of ``mags`` (every known band the grid covers).
+    attrs : dict
+        Grid id and source, the FWHM range, the step in ln λ, ``vmax``,
+        ``oversample``, the exposure's wavelength range, the cache key.
+    """
+
+    def __init__(self, arrays: dict[str, np.ndarray], *, bands, atm, attrs: dict):
+        missing = sorted(set(_ARRAYS) - set(arrays))
+        if missing:
+            raise TemplateError(f"a prepared grid needs the arrays {missing}")
+        self._arrays = dict(arrays)
+        self.bands = tuple(str(b) for b in bands)
+        self.atm = np.asarray(atm, dtype=str)
+        self.attrs = dict(attrs)
+        self._lock = threading.Lock()
+        self._inputs: dict[float, dict] = {}
+
+    # -- building, saving, opening ------------------------------------------
+
+    @classmethod
+    def build(
+        cls, grid: xr.DataArray, wavelength, fwhm: FWHM, *, vmax: float = 600.0, oversample: int = 3
+    ) -> PreparedTemplates:
+        """Prepare ``grid`` for an exposure's wavelengths and FWHM (no cache)."""
+        wave = _check_wavelength(wavelength)
+        fwhm_pix = fwhm_at(fwhm, wave)
+        return _build(grid, wave, fwhm_pix, vmax=vmax, oversample=oversample)
+
+    def save(self, folder: str | os.PathLike) -> Path:
+        """Write the grid as a folder (``.npy`` arrays and ``meta.json``), atomically.
+
+        The arrays go into a temporary folder beside ``folder`` that is renamed
+        into place; an existing ``folder`` is replaced.
+        """
+        folder = Path(folder)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = folder.with_name(f".{folder.name}.{uuid.uuid4().hex[:8]}.tmp")
+        tmp.mkdir()
+        try:
+            for name, array in self._arrays.items():
+                np.save(tmp / f"{name}.npy", np.asarray(array), allow_pickle=False)
+            meta = {
+                "prepare_version": PREPARE_VERSION,
+                "bands": list(self.bands),
+                "atm": self.atm.tolist(),
+                "attrs": self.attrs,
+                "shapes": {k: list(np.shape(v)) for k, v in self._arrays.items()},
+            }
+            (tmp / "meta.json").write_text(json.dumps(meta))
+            if folder.exists():
+                shutil.rmtree(folder)
+            os.replace(tmp, folder)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return folder
+
+    @classmethod
+    def open(cls, folder: str | os.PathLike) -> PreparedTemplates:
+        """A grid written by :meth:`save`.
+
+        Raises
+        ------
+        TemplateError
+            The folder is not a complete prepared grid of this version.
+        """
+        folder = Path(folder)
+        try:
+            meta = json.loads((folder / "meta.json").read_text())
+            if meta.get("prepare_version") != PREPARE_VERSION:
+                raise TemplateError(
+                    f"{folder} was prepared by another version of kspec_xr "
+                    f"({meta.get('prepare_version')}, this one makes {PREPARE_VERSION})"
+                )
+            arrays = {}
+            for name in _ARRAYS:
+                # read whole, not memory-mapped: a file changed under a map would crash us
+                array = np.load(folder / f"{name}.npy", allow_pickle=False)
+                if list(array.shape) != meta["shapes"][name]:
+                    raise TemplateError(f"{folder}/{name}.npy has shape {array.shape}")
+                arrays[name] = array
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise TemplateError(f"{folder} is not a complete prepared grid ({err})") from err
+        return cls(arrays, bands=meta["bands"], atm=meta["atm"], attrs=meta["attrs"])
+
+    # -- what it holds -------------------------------------------------------
+
+    @property
+    def n_templates(self) -> int:
+        return int(self._arrays["params"].shape[0])
+
+    def __len__(self) -> int:
+        return self.n_templates
+
+    def __repr__(self) -> str:
+        a = self.attrs
+        return (
+            f"<PreparedTemplates: {self.n_templates} templates, {len(self.bands)} bands, "
+            f"{a.get('exposure_wave_min', 0):.0f}-{a.get('exposure_wave_max', 0):.0f} A at FWHM "
+            f"{a.get('fwhm_min', 0):.3g}-{a.get('fwhm_max', 0):.3g} A, grid {a.get('grid_id', '?')}>"
+        )
+
+    @property
+    def dataset(self) -> xr.Dataset:
+        """The grid as an ``xr.Dataset`` (flux, continuum on (template, loglam); mags; params)."""
+        a = self._arrays
+        units = self.attrs.get("units", "erg/s/cm2/A")
+        coords = {
+            **{p: ("template", a["params"][:, k]) for k, p in enumerate(_PARAMS)},
+            "alpha": ("template", a["alpha"]),
+            "atm": ("template", self.atm),
+            "loglam": ("loglam", a["loglam"], {"units": "1", "long_name": "ln(wavelength/Å)"}),
+            "wavelength": ("loglam", np.exp(a["loglam"]), {"units": "Angstrom"}),
+            "loglam_scoring": ("loglam_scoring", a["loglam_scoring"], {"units": "1"}),
+            "band": ("band", np.array(self.bands, dtype=str)),
+        }
+        return xr.Dataset(
+            {
+                "flux": (("template", "loglam"), a["flux"], {"units": units}),
+                "continuum": (("template", "loglam"), a["continuum"], {"units": units}),
+                "scoring_flux": (("template", "loglam_scoring"), a["scoring_flux"]),
+                "scoring_continuum": (("template", "loglam_scoring"), a["scoring_continuum"]),
+                "mags": (("template", "band"), a["mags"], {"units": "mag", "system": "AB"}),
+            },
+            coords=coords,
+            attrs=self.attrs,
+        )
+
+    def __getitem__(self, name: str) -> xr.DataArray:
+        return self.dataset[name]
+
+    @property
+    def sizes(self):
+        return self.dataset.sizes
+
+    def isel(self, template) -> PreparedTemplates:
+        """A new prepared grid of some of the templates (e.g. a Teff range)."""
+        rows = np.arange(self.n_templates)[template]
+        arrays = {}
+        for name, dims in _ARRAYS.items():
+            array = self._arrays[name]
+            arrays[name] = np.asarray(array[rows]) if dims[0] == "template" else array
+        attrs = {**self.attrs, "cache_key": ""}  # a subset is not the cached grid
+        return PreparedTemplates(arrays, bands=self.bands, atm=self.atm[rows], attrs=attrs)
+
+    def check(self, wavelength) -> None:
+        """Refuse an exposure whose wavelengths this grid was not prepared for."""
+        lo, hi = self.attrs.get("exposure_wave_min"), self.attrs.get("exposure_wave_max")
+        wave = np.asarray(wavelength, dtype=float)
+        if lo is not None and (wave[0] < lo - 1e-6 or wave[-1] > hi + 1e-6):
+            raise CalibrationError(
+                f"the prepared templates cover {lo:.0f}-{hi:.0f} Å but the exposure spans "
+                f"{wave[0]:.0f}-{wave[-1]:.0f} Å; prepare them for this exposure's grid"
+            )
+
+    # -- what the fit kernel gets ---------------------------------------------
+
+    def kernel_inputs(self, alpha: float = 0.0) -> dict:
+        """The arrays the template fit needs, for the templates of one [α/M] (cached).
+
+        Returns
+        -------
+        dict
+            ``arrays``: DataArrays to pass positionally to
+            :func:`kspec_xr.kernels.template_fit.fit_block` (the full-resolution
+            ``template_flux``/``template_continuum`` of every template, with
+            ``rows`` into them); ``pairs``, ``oversample``: its
+            small keyword arguments; ``keep``: the template indices used;
+            ``alpha``: the [α/M] chosen (the grid's nearest).
+        """
+        key = float(alpha)
+        with self._lock:
+            if key not in self._inputs:
+                self._inputs[key] = self._make_inputs(key)
+            return self._inputs[key]
+
+    def kernel_grid(self, alpha: float = 0.0) -> TemplateGrid:
+        """The :class:`~kspec_xr.kernels.template_fit.TemplateGrid` the fit builds from
+        :meth:`kernel_inputs` (for scripts that call the kernels themselves)."""
+        inputs = self.kernel_inputs(alpha)
+        a = {k: v.values for k, v in inputs["arrays"].items()}
+        keep = inputs["keep"]
+        scoring = TemplateGrid(
+            a["scoring_loglam"],
+            np.asarray(self._arrays["scoring_flux"][keep]),
+            np.asarray(self._arrays["scoring_continuum"][keep]),
+            a["params"], a["template_mags"], inputs["pairs"],
+            norm=a["scoring_norm"], cumulative=a["scoring_cumulative"],
+        )  # fmt: skip
+        return TemplateGrid(
+            a["loglam"], a["template_flux"], a["template_continuum"], a["params"],
+            a["template_mags"], inputs["pairs"], inputs["oversample"], rows=a["rows"],
+            scoring=scoring,
+        )  # fmt: skip
+
+    def _make_inputs(self, alpha: float) -> dict:
+        a = self._arrays
+        alphas = np.asarray(a["alpha"], dtype=float)
+        chosen = alphas[np.argmin(np.abs(alphas - alpha))]
+        keep = np.flatnonzero(alphas == chosen)
+        every = keep.size == alphas.size
+
+        def rows_of(name):
+            return a[name] if every else np.asarray(a[name][keep])
+
+        arrays = {
+            "loglam": xr.DataArray(a["loglam"], dims="loglam"),
+            "template_flux": xr.DataArray(a["flux"], dims=("grid_row", "loglam")),
+            "template_continuum": xr.DataArray(a["continuum"], dims=("grid_row", "loglam")),
+            "rows": xr.DataArray(keep, dims="template"),
+            "params": xr.DataArray(rows_of("params"), dims=("template", "param")),
+            "template_mags": xr.DataArray(rows_of("mags"), dims=("template", "band_grid")),
+            "scoring_loglam": xr.DataArray(a["loglam_scoring"], dims="loglam_scoring"),
+            "scoring_norm": xr.DataArray(
+                rows_of("scoring_norm"), dims=("template", "loglam_scoring")
+            ),
+            "scoring_cumulative": xr.DataArray(
+                rows_of("scoring_cumulative"), dims=("template", "loglam_edges")
+            ),
+        }
+        return {
+            "arrays": arrays,
+            "pairs": color_pair_indices(self.bands, COLOR_PAIRS),
+            "oversample": int(self.attrs.get("oversample", 1)),
+            "keep": keep,
+            "alpha": float(chosen),
+        }
+
+
+def _check_wavelength(wavelength) -> np.ndarray:
+    if isinstance(wavelength, xr.DataArray):
+        if wavelength.ndim != 1:
+            raise ValueError(
+                "prepare_templates needs the exposure's common 1-D wavelength grid; this "
+                "exposure has a wavelength per fiber — resample it onto one grid first"
+            )
+        wavelength = wavelength.values
+    wave = np.asarray(wavelength, dtype=float)
+    if wave.ndim != 1 or wave.size < 2 or np.any(np.diff(wave) <= 0):
+        raise ValueError("wavelength must be a strictly increasing 1-D grid (Å)")
+    return wave
+
+
+def _cache_key(grid: xr.DataArray, wavelength, fwhm, vmax, oversample) -> str:
+    grid_id = grid.attrs.get("grid_id")
+    if not grid_id:
+        raise TemplateError(
+            "the template grid has no 'grid_id' attribute, so its prepared form cannot be "
+            "cached; open it with kx.open_bosz(...) or set grid.attrs['grid_id'] to a "
+            "string that identifies its content, or pass cache=False"
+        )
+    h = hashlib.sha256()
+    # the bands are part of the key: a grid prepared before a band was known lacks its mags
+    key = [PREPARE_VERSION, str(grid_id), float(vmax), int(oversample), list(KNOWN_BANDS)]
+    h.update(json.dumps(key).encode())
+    h.update(np.ascontiguousarray(wavelength, dtype="<f8").tobytes())
+    h.update(np.ascontiguousarray(fwhm, dtype="<f8").tobytes())
+    return h.hexdigest()[:24]
+
+
+def _stack_templates(grid: xr.DataArray) -> xr.DataArray:
+    """(teff, logg, mh, alpha, wavelength) → (template, wavelength), holes dropped."""
+    if "wavelength" not in grid.dims:
+        raise TemplateError(f"the template grid has no 'wavelength' dimension (dims {grid.dims})")
+    params = [d for d in grid.dims if d != "wavelength"]
+    if params == ["template"]:
+        stacked = grid
+    else:
+        stacked = grid.stack(template=params).transpose("template", "wavelength")
+        stacked = stacked.drop_vars(["template", *params]).assign_coords(
+            {p: ("template", stacked[p].values) for p in params}
+        )
+    if "filename" in stacked.coords:  # holes are known from the index, no read needed
+        present = np.asarray(stacked["filename"].values != "")
+        stacked = stacked.isel(template=np.flatnonzero(present))
+    return stacked
+
+
+def _compute_pair(stacked: xr.DataArray) -> tuple[np.ndarray, np.ndarray]:
+    import dask  # deferred: only preparing a grid computes a dask graph here
+
+    flux, cont = dask.compute(stacked.data, stacked["continuum"].data)
+    return np.asarray(flux, dtype=float), np.asarray(cont, dtype=float)
+
+
+def _covers(native: np.ndarray, band: str) -> bool:
+    lo, hi = band_range(band)
+    return native[0] <= lo and hi <= native[-1]
+
+
+def _build(grid: xr.DataArray, wavelength: np.ndarray, fwhm: np.ndarray, *, vmax, oversample):
+    if "continuum" not in grid.coords:
+        raise TemplateError(
+            "the template grid has no 'continuum' coordinate; open it with kx.open_bosz "
+            "(BOSZ files carry the continuum as their last column)"
+        )
+    stacked = _stack_templates(grid)
+    native = np.asarray(stacked["wavelength"].values, dtype=float)
+    resolution = float(stacked.attrs.get("resolution", np.inf))
+    work = _working_grid(wavelength, fwhm, vmax=vmax, oversample=oversample)
+
+    fwhm_work = np.interp(work, wavelength, fwhm)  # per-pixel FWHM, held flat beyond the ends
+    native_fwhm = work / resolution
+    too_sharp = fwhm_work <= native_fwhm
+    if np.any(too_sharp):
+        raise TemplateError(
+            f"the instrument FWHM ({fwhm_work[too_sharp].min():.3g} Å) is not broader than "
+            f"the template grid's own resolution (R={resolution:g}); use a grid of higher R"
+        )
+    sigma = np.sqrt(fwhm_work**2 - native_fwhm**2) / SIGMA_PER_FWHM
+
+    src_edges = edges_from_centers(native)
+    dst_edges = edges_from_centers(work)
+    try:
+        matrix = resample_matrix(src_edges, dst_edges, sigma)
+    except ValueError as err:
+        raise TemplateError(
+            f"the template grid ({native[0]:.0f}-{native[-1]:.0f} Å) does not cover the "
+            f"exposure with its velocity and smoothing margins: {err}; open the grid with a "
+            "wider wave_range"
+        ) from None
+
+    # One parallel read of every file (flux and continuum from the same read).
+    flux, continuum = _compute_pair(stacked)
+    bad = ~np.all(np.isfinite(flux), axis=1)
+    if np.any(bad):
+        keep = np.flatnonzero(~bad)
+        stacked, flux, continuum = stacked.isel(template=keep), flux[keep], continuum[keep]
+    if flux.shape[0] == 0:
+        raise TemplateError("the template grid holds no complete spectrum")
+
+    # every known band the grid covers (speclite curves; see _base.bands.KNOWN_BANDS)
+    bands = [b for b in KNOWN_BANDS if _covers(native, b)]
+    if bands:
+        weights = band_weights(native, [filter_curve(b) for b in bands], bands)
+        mags = mags_from_weights(flux[:, weights.start : weights.stop], weights.matrix)
+    else:
+        mags = np.empty((flux.shape[0], 0))
+
+    conv_flux = np.asarray(matrix @ flux.T).T
+    conv_cont = np.asarray(matrix @ continuum.T).T
+
+    scoring_flux = bin_pixels(conv_flux, oversample).astype("float32")
+    scoring_cont = bin_pixels(conv_cont, oversample).astype("float32")
+    loglam = np.log(work)
+    scoring_loglam = bin_log_grid(loglam, oversample)
+    scoring_norm = scoring_flux / scoring_cont
+    scoring_cum = cumulative(scoring_norm, edges_from_centers(np.exp(scoring_loglam)))
+    n = flux.shape[0]
+    params = np.stack(
+        [np.asarray(stacked[p].values, dtype=float) if p in stacked.coords else np.zeros(n)
+         for p in _PARAMS],
+        axis=1,
+    )  # fmt: skip
+    alpha = (
+        np.asarray(stacked["alpha"].values, dtype=float)
+        if "alpha" in stacked.coords
+        else np.zeros(n)
+    )
+    atm = (
+        np.asarray(stacked["atm"].values, dtype=str) if "atm" in stacked.coords else np.full(n, "")
+    )
+    arrays = {
+        "loglam": loglam,
+        "flux": conv_flux.astype("float32"),
+        "continuum": conv_cont.astype("float32"),
+        "loglam_scoring": scoring_loglam,
+        "scoring_flux": scoring_flux,
+        "scoring_continuum": scoring_cont,
+        "scoring_norm": scoring_norm,
+        "scoring_cumulative": scoring_cum,
+        "params": params,
+        "alpha": alpha,
+        "mags": mags,
+    }
+    attrs = {
+        "units": str(stacked.attrs.get("units", "erg/s/cm2/A")),
+        "grid_id": str(grid.attrs.get("grid_id", "")),
+        "grid_source": str(grid.attrs.get("source", "")),
+        "grid_resolution": float(grid.attrs.get("resolution", np.nan)),
+        "fwhm_min": float(fwhm.min()),
+        "fwhm_max": float(fwhm.max()),
+        "dlnl": float(loglam[1] - loglam[0]),
+        "vmax": float(vmax),
+        "oversample": int(oversample),
+        "exposure_wave_min": float(wavelength[0]),
+        "exposure_wave_max": float(wavelength[-1]),
+        "prepare_version": PREPARE_VERSION,
+        "cache_key": "",
+    }
+    return PreparedTemplates(arrays, bands=bands, atm=atm, attrs=attrs)
+
+
+def prepare_templates(
+    grid: xr.DataArray,
+    wavelength,
+    fwhm: FWHM,
+    *,
+    vmax: float = 600.0,
+    oversample: int = 3,
+    cache: bool | str | os.PathLike = True,
+) -> xr.Dataset:
+    """Convolve, rebin and describe every template for one instrument setup.
+
+    Parameters
+    ----------
+    grid : xr.DataArray
+        Template grid from :func:`kspec_xr.open_bosz` (dims ``teff, logg, mh,
+        alpha, wavelength`` or ``template, wavelength``, with a ``continuum``
+        coordinate and ``resolution`` / ``grid_id`` attributes).
+    wavelength : array-like or xr.DataArray
+        The exposure's common wavelength grid (Å, increasing, 1-D).
+    fwhm : float, sequence of float or callable
+        Instrument FWHM in Å: a constant, polynomial coefficients in λ
+        (lowest order first) or a function of λ.
+    vmax : float
+        Largest |radial velocity| (km/s) the working grid must allow for.
+    oversample : int
+        Working-grid pixels per exposure pixel at the exposure's finest
+        sampling in ln λ.
+    cache : bool or path
+        ``True``: use the user cache folder; a path: use that folder;
+        ``False``: always rebuild and never write.  A cached grid is a folder
+        ``prepared-<key>`` of ``.npy`` arrays and ``meta.json``, keyed by
+        the grid's identity, the bands, the exposure's wavelengths, the FWHM,
+        ``vmax`` and ``oversample``; the 12 most recently used are kept.  The
+        last two grids used are also kept in memory (one small cache with a
+        lock, :data:`MEMORY_KEPT`), so a batch worker prepares a setup once.
+
+    Returns
+    -------
+    PreparedTemplates
+        The grid at the instrument resolution on a working grid uniform in
+        ln λ, with the templates' synthetic magnitudes; pass it to
+        :func:`kspec_xr.fit_standards` (or ``templates=``) for every exposure
+        of this setup.  ``prepared.dataset`` shows it as an ``xr.Dataset``.
+
+    Raises
+    ------
+    TemplateError
+        The grid does not cover the exposure (with margins), is sharper than
+        the instrument, or lacks a continuum or an identity for the cache.
+
+    Notes
+    -----
+    Smoothing kernel: Gaussian with σ(λ) = sqrt(FWHM_inst(λ)² − (λ/R_grid)²)
+    / 2.3548, integrated exactly over source and target bins
+    (:func:`kspec_xr.resample.resample_matrix`); one sparse operator is
+    applied to all templates at once.
+
+    Examples
+    --------
+    >>> grid = kx.open_bosz()                                   # doctest: +SKIP
+    >>> prep = kx.prepare_templates(grid, ds.wavelength, 2.5)   # doctest: +SKIP
+    """
+    wave = _check_wavelength(wavelength)
+    fwhm_pix = fwhm_at(fwhm, wave)
+    if cache is False:
+        return _build(grid, wave, fwhm_pix, vmax=vmax, oversample=oversample)
+    folder = cache_dir("prepared") if cache is True else Path(cache)
+    key = _cache_key(grid, wave, fwhm_pix, vmax, oversample)
+    path = Path(folder) / f"prepared-{key}"
+    hit = _MEMORY.get(path)
+    if hit is not None:
+        return hit
+    if path.exists():
+        try:
+            prepared = PreparedTemplates.open(path)
+        except TemplateError:  # a damaged entry is rebuilt, never trusted
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            os.utime(path / "meta.json")  # "recently used", for _prune
+            return _MEMORY.put(path, prepared)
+    prepared = _build(grid, wave, fwhm_pix, vmax=vmax, oversample=oversample)
+    prepared.attrs["cache_key"] = path.name
+    prepared.save(path)
+    _prune(path.parent, keep=CACHE_KEPT)
+    return _MEMORY.put(path, PreparedTemplates.open(path))
+
+
+def _prune(folder: Path, *, keep: int) -> None:
+    """Delete all but the ``keep`` most recently used prepared grids in ``folder``.
+
+    Cache files of earlier versions (``prepared-*.nc``) go too.
+    """
+    for stale in folder.glob("prepared-*.nc"):
+        stale.unlink(missing_ok=True)
+    entries = [p for p in folder.glob("prepared-*") if (p / "meta.json").is_file()]
+    entries.sort(key=lambda p: (p / "meta.json").stat().st_mtime, reverse=True)
+    for old in entries[keep:]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+class _MemoryCache:
+    """The last few prepared grids this process used, by cache folder (thread-safe).
+
+    An entry is valid while every file of its folder keeps the size and mtime
+    it had when it was opened: a replaced, damaged or removed folder is
+    opened again.
+    """
+
+    def __init__(self, kept: int):
+        self._kept = kept
+        self._lock = threading.Lock()
+        self._entries: OrderedDict[Path, tuple[tuple, PreparedTemplates]] = OrderedDict()
+
+    @staticmethod
+    def _stamp(path: Path) -> tuple | None:
+        try:
+            return tuple(
+                (f.name, f.stat().st_mtime_ns, f.stat().st_size) for f in sorted(path.iterdir())
+            )
+        except OSError:
+            return None
+
+    def get(self, path: Path) -> PreparedTemplates | None:
+        stamp = self._stamp(path)
+        with self._lock:
+            entry = self._entries.get(path)
+            if entry is None or stamp is None or entry[0] != stamp:
+                return None
+            self._entries.move_to_end(path)
+            return entry[1]
+
+    def put(self, path: Path, prepared: PreparedTemplates) -> PreparedTemplates:
+        stamp = self._stamp(path)
+        with self._lock:
+            if stamp is not None:
+                self._entries[path] = (stamp, prepared)
+                self._entries.move_to_end(path)
+            while len(self._entries) > self._kept:
+                self._entries.popitem(last=False)
+        return prepared
+
+
+#: the one in-memory cache of prepared grids (see :data:`MEMORY_KEPT`)
+_MEMORY = _MemoryCache(MEMORY_KEPT)
