@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import logging
 import math
 import os
 import sys
@@ -28,6 +29,8 @@ from ._base.errors import KspecError
 from ._base.paths import atomic_output, same_file
 from .nightly import NIGHTLY_NAME, nightly_transfer
 from .pipeline import calibrate_file, flux_calibrate
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "calibrate_many",
@@ -344,7 +347,29 @@ def _progress(k: int, n: int, row: dict) -> None:
     line = f"[{k}/{n}] {name}: {row['status']}{timing}"
     if row["status"] == "failed":
         line += f": {row['error']}"
-    print(line, file=sys.stderr, flush=True)
+    with _shown():
+        log.info(line)
+
+
+@contextlib.contextmanager
+def _shown():
+    """Make this module's INFO lines (the progress) visible on stderr.
+
+    A program that configured logging decides itself; otherwise a handler to
+    stderr is attached for the moment.
+    """
+    handler = None
+    if not log.hasHandlers():
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        if handler is not None:
+            log.removeHandler(handler)
+            log.setLevel(logging.NOTSET)
 
 
 def _remove_stale_temporaries(output: Path) -> None:

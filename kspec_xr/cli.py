@@ -131,6 +131,8 @@ def _fluxcal(args) -> int:
         gating=_gating(args.gate),
     )
     out = result.dataset
+    if out is None:  # pragma: no cover - fluxcal never resumes
+        raise KspecError(f"{args.input}: nothing was calibrated")
     if args.qc_plot:
         plot_calibration(out, args.qc_plot)
     print(f"{args.input} -> {args.output}: {standards_summary(out)}")

@@ -77,17 +77,17 @@ def nightly_transfer(exposures: Iterable, /, *, sigma: float = 3.0) -> xr.Datase
         raise CalibrationError("no exposure given to combine")
     names = [n for n, _ in items]
     wave = items[0][1]["wavelength"].values
-    cal, var, good = [], [], []
+    cal_rows, var_rows, good_rows = [], [], []
     for _, ds in items:
         w = ds["wavelength"].values
         c = np.interp(wave, w, ds["calibration"].values, left=np.nan, right=np.nan)
         v = np.interp(wave, w, ds["calibration_variance"].values, left=np.nan, right=np.nan)
         m = np.interp(wave, w, ds["calibration_mask"].values, left=1, right=1)
         bad = bit("TELLURIC", "CALIB_INTERP", "CALIB_INVALID")
-        cal.append(c)
-        var.append(v)
-        good.append(((m.astype(int) & bad) == 0) & np.isfinite(c) & np.isfinite(v) & (v > 0))
-    cal, var, good = np.array(cal), np.array(var), np.array(good)
+        cal_rows.append(c)
+        var_rows.append(v)
+        good_rows.append(((m.astype(int) & bad) == 0) & np.isfinite(c) & np.isfinite(v) & (v > 0))
+    cal, var, good = np.array(cal_rows), np.array(var_rows), np.array(good_rows)
 
     with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns: masked everywhere

@@ -210,7 +210,7 @@ _STRUCTURAL = {"SIMPLE", "XTENSION", "BITPIX", "NAXIS", "EXTEND", "PCOUNT", "GCO
 _STRUCTURAL |= {"TFIELDS", "THEAP", "BSCALE", "BZERO"}
 #: indexed column keywords; the first group follows from the column definitions
 _COLUMN_STRUCTURAL = ("TTYPE", "TFORM", "TUNIT", "TNULL", "TSCAL", "TZERO", "TDISP", "TDIM")
-_COLUMN_OTHER = ("TBCOL", "TLMIN", "TLMAX", "TDMIN", "TDMAX", "TCTYP", "TCUNI", "TCRPX")
+_COLUMN_OTHER: tuple[str, ...] = ("TBCOL", "TLMIN", "TLMAX", "TDMIN", "TDMAX", "TCTYP", "TCUNI", "TCRPX")
 _COLUMN_OTHER += ("TCRVL", "TCDLT", "TCROT", "TRPOS")
 _COLUMN_KEY = re.compile(rf"^({'|'.join(_COLUMN_STRUCTURAL + _COLUMN_OTHER)})(\d+)$")
 _NAXIS_KEY = re.compile(r"^NAXIS\d+$")
@@ -386,7 +386,8 @@ def encode_image(
         header["BITPIX"] = stored["BITPIX"]  # no data: keep the declared type
         return header, payload
     # astropy decodes scaled integers to floats (unsigned ones to uint): scale back
-    if bitpix in _INT_FOR_BITPIX and (scale, zero) != (1, 0) and data.dtype.kind == "f":
+    scaled = bitpix in _INT_FOR_BITPIX and (scale, zero) != (1, 0) and data.dtype.kind == "f"
+    if scaled and stored is not None and bitpix is not None:
         raw = _raw_integers(data, _INT_FOR_BITPIX[bitpix], scale, zero, stored.get("BLANK"))
         hdu = fits.PrimaryHDU(raw) if primary else fits.ImageHDU(raw)
         header, payload = _astropy_encoded(hdu, primary)

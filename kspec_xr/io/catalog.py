@@ -321,7 +321,7 @@ def _positions(frame: pd.DataFrame, where: str) -> tuple[np.ndarray, np.ndarray]
     NaN (they cannot be matched by position) and a warning names them.
     """
     ra_col, dec_col = _coordinate_columns(frame, where)
-    if ra_col is None:
+    if ra_col is None or dec_col is None:
         return None
     ra = _angles(frame, ra_col, hours=True)
     dec = _angles(frame, dec_col, hours=False)

@@ -453,7 +453,7 @@ class _Reader:
         self.wavelength(roles.get(_WAVELA))
         self.spectra(roles.get(_VARIANCE))
         self.fibres(roles.get(_FIBRES))
-        self.data_vars["mask"] = None  # keep flux, variance, mask first
+        self.data_vars["mask"] = None  # type: ignore[assignment]  # keeps flux, variance, mask first
         for index, key in extras:
             if _is_table(self.headers[index]):
                 self.extra_table(index, key)

@@ -131,7 +131,7 @@ def _find_carriers(ds: xr.Dataset) -> dict[str, str]:
         else:
             fits_ok = name in ds.data_vars
         if fits_ok and (key not in carriers or name == key):
-            carriers[key] = name
+            carriers[key] = str(name)
     return carriers
 
 
@@ -263,17 +263,18 @@ class _Writer:
     def table(self, stored: fits.Header, row_dim: str, prefix="", scratch=False) -> EncodedHDU:
         """A file table: the stored columns still present, in stored order."""
         by_column, raw_of = self.column_vars(row_dim, prefix)
+        wanted: list[tuple[str, str, int | None]] = []
         if scratch:
             wanted = [
                 (name, self._scratch_ttype(name), None) for name in self._scratch_columns(row_dim)
             ]
         else:
-            wanted = []
             for number in range(1, stored.get("TFIELDS", 0) + 1):
                 ttype = stored.get(f"TTYPE{number}", "")
                 if ttype in by_column:
                     wanted.append((by_column[ttype], ttype, number))
-        columns, renumber = [], {}
+        columns: list[tuple[str, np.ndarray, str | None, int | None]] = []
+        renumber: dict[int, int] = {}
         for new_number, (name, ttype, old) in enumerate(wanted, start=1):
             var = self.ds[name].variable
             values = _values(var)
@@ -299,7 +300,7 @@ class _Writer:
                 and name not in {"fiber", "wavelength"}
                 and RAW_ATTR not in var.attrs
             ):
-                names.append(name)
+                names.append(str(name))
         return names
 
     def _scratch_ttype(self, name: str) -> str:
@@ -385,7 +386,7 @@ class _Writer:
         header = fits.Header(
             [("EXTNAME", self._unique_extname(row_dim or "KXSCALARS")), (_DIM_CARD, row_dim)]
         )
-        columns = []
+        columns: list[tuple[str, np.ndarray, str | None, int | None]] = []
         for number, name in enumerate(names, start=1):
             var = self.ds[name].variable
             order = ([row_dim] if row_dim else []) + [d for d in var.dims if d != row_dim]
@@ -411,15 +412,17 @@ class _Writer:
 
     def products(self) -> list[EncodedHDU]:
         main = {"fiber", self.spectral}
-        images, tables = [], {}
-        for name, var in self.ds.variables.items():
+        images: list[str] = []
+        tables: dict[str, list[str]] = {}
+        for name_, var in self.ds.variables.items():
+            name = str(name_)
             if name in self.done:
                 continue
             if var.dims and set(var.dims) <= main and var.dtype.kind in "biuf":
                 images.append(name)
                 continue
             others = [d for d in var.dims if d not in main]
-            row_dim = others[0] if others else (var.dims[0] if var.dims else "")
+            row_dim = str(others[0] if others else (var.dims[0] if var.dims else ""))
             tables.setdefault(row_dim, []).append(name)
         hdus = [
             self.product_image(name, self.ds[name].variable, name in self.ds.coords)
@@ -486,7 +489,7 @@ class _Writer:
         stored = _header_of(var)
         if _is_table(stored):
             self.written(name)
-            return self.table(stored, var.dims[0], prefix=key)
+            return self.table(stored, str(var.dims[0]), prefix=key)
         return self.image(name, "1")
 
 

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .._base.status import StandardStatus
+
 __all__ = [
     "MAD_TO_SIGMA",
     "robust_sigma",
@@ -37,8 +39,17 @@ __all__ = [
 #: 1.4826 · MAD is the standard deviation of a normal distribution
 MAD_TO_SIGMA = 1.482602218505602
 
-_OK = 0  # StandardStatus.OK (the codes below are StandardStatus values)
-_NO_SIGNAL, _FAINT, _PHOTOMETRY, _POOR_FIT, _ZERO_POINT, _SHAPE, _CLIPPED = 8, 9, 10, 11, 12, 13, 14
+_OK = StandardStatus.OK
+_NO_SIGNAL, _FAINT, _PHOTOMETRY = (
+    StandardStatus.NO_SIGNAL,
+    StandardStatus.FAINT,
+    StandardStatus.PHOTOMETRY,
+)
+_POOR_FIT, _ZERO_POINT, _SHAPE = (
+    StandardStatus.POOR_FIT,
+    StandardStatus.ZERO_POINT,
+    StandardStatus.SHAPE,
+)
 
 #: fewest pixels a star must share with the reference to get a level and a tilt
 _MIN_OVERLAP = 50
@@ -523,7 +534,7 @@ def bridge_gaps(
         hi = relvar[b + 1 : b + 11][ok[b + 1 : b + 11]]
         near = np.concatenate([lo, hi])
         relvar[a : b + 1] = np.median(near) if near.size else np.nanmedian(relvar[ok])
-    if anchor_values is not None:  # an anchored gap is as uncertain as its anchors' pixels
+    if anchor_values is not None and anchor_relvar is not None:  # as uncertain as its anchors
         with np.errstate(invalid="ignore"):
             worse = todo & np.isfinite(anchor_relvar) & (anchor_relvar > relvar)
         relvar[worse] = anchor_relvar[worse]

@@ -30,7 +30,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .._base.schema import FitStatus
+from .._base.status import FitStatus
 from .photometry import ColorChi2
 from .resample import (
     bin_log_grid,

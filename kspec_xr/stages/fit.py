@@ -186,20 +186,19 @@ def fit_standards(
         dask_gufunc_kwargs={"allow_rechunk": True, "output_sizes": {"band": n_band}},
         keep_attrs=False,
     )
-    results = FitBlock(*(bare(r) for r in results))
+    fitted = dict(zip(FitBlock._fields, (bare(r) for r in results), strict=True))
     new = {
-        name: getattr(results, field).assign_attrs(units=units)
-        for field, (name, units) in _SCALARS.items()
+        name: fitted[field].assign_attrs(units=units) for field, (name, units) in _SCALARS.items()
     }
     new["fit_alpha"] = xr.full_like(new["fit_teff"], inputs["alpha"]).assign_attrs(units="dex")
-    status = results.status
+    status = fitted["status"]
     new["fit_status"] = status.assign_attrs(fit_status_attrs())
-    new["model_flux"] = results.model.assign_attrs(
+    new["model_flux"] = fitted["model"].assign_attrs(
         units=str(prepared.attrs.get("units", "erg/s/cm2/A")),
         long_name="best-fit model surface flux at the instrument resolution",
     )
     # on the catalogue's bands (NaN where the grid does not cover a band)
-    model_mags = results.model_mags.assign_coords(band=bands).reindex(band=ds["band"].values)
+    model_mags = fitted["model_mags"].assign_coords(band=bands).reindex(band=ds["band"].values)
     new["model_mag"] = bare(model_mags).assign_attrs(
         units="mag", system="AB", long_name="synthetic magnitude of the model surface flux"
     )

@@ -90,7 +90,7 @@ def star_calibrations(
     out = ds.assign(
         std_calibration=cal.assign_attrs(units=_cal_units(ds), long_name="per-star calibration"),
         std_calibration_variance=var.assign_attrs(units=f"({_cal_units(ds)})2"),
-        std_calibration_mask=flags.transpose("standard", "wavelength").assign_attrs(
+        std_calibration_mask=xr.DataArray(flags).transpose("standard", "wavelength").assign_attrs(
             units="1", long_name="per-star calibration bitmask (see mask)"
         ),
     )

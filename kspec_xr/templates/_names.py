@@ -110,7 +110,7 @@ def _integer(name: str, value) -> int:
         raise TemplateError(
             f"{name}={value!r} cannot appear in a BOSZ name: it must be a whole number ≥ 0"
         )
-    return int(value)
+    return int(float(value))
 
 
 def _signed(name: str, value, decimals: int) -> str:

@@ -590,7 +590,7 @@ def _open_packed(path: Path, *, resolution, wave_range, carbon, vturb, atmospher
     # only flux and continuum become dask arrays (one chunk per node); the small
     # per-node labels are read now
     chunks = {**dict.fromkeys(PARAM_DIMS, 1), "wavelength": -1}
-    coords = {d: ds[d].variable for d in _DIMS}
+    coords: dict[str, object] = {d: ds[d].variable for d in _DIMS}
     coords["atm"] = (PARAM_DIMS, ds["atm"].values.astype(str))
     coords["filename"] = (PARAM_DIMS, ds["filename"].values.astype(str))
     coords["continuum"] = (_DIMS, ds["continuum"].variable.chunk(chunks).data, _continuum_attrs())

@@ -74,7 +74,7 @@ def fwhm_at(fwhm: FWHM, wavelength: np.ndarray) -> np.ndarray:
     if callable(fwhm):
         out = np.asarray(fwhm(lam), dtype=float)
     elif np.ndim(fwhm) == 0:
-        out = np.full_like(lam, float(fwhm))
+        out = np.full_like(lam, float(np.asarray(fwhm)))
     else:
         out = np.polynomial.polynomial.polyval(lam, np.asarray(fwhm, dtype=float))
     out = np.broadcast_to(out, lam.shape)
@@ -276,7 +276,7 @@ class PreparedTemplates:
         """Refuse an exposure whose wavelengths this grid was not prepared for."""
         lo, hi = self.attrs.get("exposure_wave_min"), self.attrs.get("exposure_wave_max")
         wave = np.asarray(wavelength, dtype=float)
-        if lo is not None and (wave[0] < lo - 1e-6 or wave[-1] > hi + 1e-6):
+        if lo is not None and hi is not None and (wave[0] < lo - 1e-6 or wave[-1] > hi + 1e-6):
             raise CalibrationError(
                 f"the prepared templates cover {lo:.0f}-{hi:.0f} Å but the exposure spans "
                 f"{wave[0]:.0f}-{wave[-1]:.0f} Å; prepare them for this exposure's grid"
@@ -528,7 +528,7 @@ def prepare_templates(
     vmax: float = 600.0,
     oversample: int = 3,
     cache: bool | str | os.PathLike = True,
-) -> xr.Dataset:
+) -> PreparedTemplates:
     """Convolve, rebin and describe every template for one instrument setup.
 
     Parameters

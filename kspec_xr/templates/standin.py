@@ -29,19 +29,22 @@ import functools
 import gzip
 import hashlib
 import json
+import logging
 import os
 import shutil
-import sys
 import uuid
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from scipy.special import expit, voigt_profile
 
 from .._base.paths import atomic_output, cache_dir
 from ._names import STANDIN_MARKER, bosz_atmosphere, bosz_folder, bosz_name, wave_grid_name
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "surface_flux",
@@ -82,7 +85,7 @@ BOSZ download for science.
 """
 
 #: Parameters of the bundled default grid (MARCS range of the FGK standards).
-DEFAULT_GRID = {
+DEFAULT_GRID: dict[str, Any] = {
     "teff": tuple(range(5000, 8001, 250)),
     "logg": (3.5, 4.0, 4.5, 5.0),
     # 0.25 dex like the real BOSZ 2024 grid: coarser steps interpolate poorly
@@ -551,7 +554,7 @@ def standin_grid_path(*, resolution: int = 10000) -> Path:
     final = root / key
     if not (final / "COMPLETE").exists():
         tmp = root / f".{key}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
-        print(f"kspec_xr: generating the stand-in BOSZ grid (once) in {final}", file=sys.stderr)
+        log.warning("kspec_xr: generating the stand-in BOSZ grid (once) in %s", final)
         try:
             write_standin_grid(tmp, resolution=resolution, **DEFAULT_GRID)
             (tmp / "COMPLETE").write_text(key + "\n")
