@@ -11,7 +11,9 @@ subcommand that needs it, so that ``kspec-xr --help`` answers at once.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import glob
+import logging
 import os
 import sys
 
@@ -204,9 +206,30 @@ def _batch(args) -> int:
     return 1 if n_failed else 0
 
 
+@contextlib.contextmanager
+def _messages_on_stderr():
+    """The library's log (progress, first-run notices) on stderr while a command runs."""
+    logger = logging.getLogger("kspec_xr")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``kspec-xr`` console script."""
     args = _parser().parse_args(argv)
+    with _messages_on_stderr():
+        return _run(args)
+
+
+def _run(args) -> int:
     try:
         if args.command == "fluxcal":
             return _fluxcal(args)

@@ -47,5 +47,7 @@ def test_kernels_use_numpy_and_scipy_only():
     outside = {m.split(".")[0] for m in imported if not m.startswith("kspec_xr")}
     outside -= set(sys.stdlib_module_names) | {"__future__"}
     assert outside <= {"numpy", "scipy"}, outside
-    inside = {m for m in imported if m.startswith("kspec_xr") and not m.startswith("kspec_xr.kernels")}
+    inside = {
+        m for m in imported if m.startswith("kspec_xr") and not m.startswith("kspec_xr.kernels")
+    }
     assert inside <= {"kspec_xr._base.errors", "kspec_xr._base.status"}, inside

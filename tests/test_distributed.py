@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -128,7 +129,7 @@ def test_memory_bounded_by_window(first_batch, client):
     assert kd._window(client) == 4  # twice the worker threads (2 workers × 1 thread)
 
 
-def test_progress_lines(exposures, catalogs, client, tmp_path, capsys):
+def test_progress_lines(exposures, catalogs, client, tmp_path, caplog):
     # resume over a folder of complete outputs: fast, and exercises the progress lines
     out_dir = tmp_path / "out"
     out_dir.mkdir()
@@ -136,12 +137,13 @@ def test_progress_lines(exposures, catalogs, client, tmp_path, capsys):
         [exposures[0].red_path], out_dir, catalog=catalogs, client=client, progress=False
     )
     assert list(summary["status"]) == ["ok"]
-    assert "ared.fits" not in capsys.readouterr().err  # progress=False: no progress line
-    summary = kx.calibrate_many(
-        [exposures[0].red_path], out_dir, catalog=catalogs, client=client, resume=True
-    )
+    assert "ared.fits" not in caplog.text  # progress=False: no progress line
+    with caplog.at_level(logging.INFO, logger="kspec_xr.batch"):
+        summary = kx.calibrate_many(
+            [exposures[0].red_path], out_dir, catalog=catalogs, client=client, resume=True
+        )
     assert list(summary["status"]) == ["skipped"]
-    assert "[1/1] ared.fits: skipped (" in capsys.readouterr().err
+    assert "[1/1] ared.fits: skipped (" in caplog.text
 
 
 # =============================================================================

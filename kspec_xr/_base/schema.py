@@ -16,6 +16,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import xarray as xr
 
@@ -48,6 +50,7 @@ __all__ = [
     "standard_index",
     "source_name",
     "bare",
+    "stage",
     "REASON_WIDTH",
 ]
 
@@ -148,3 +151,20 @@ def bare(da: xr.DataArray) -> xr.DataArray:
     (and their units) with those bare copies.
     """
     return da.drop_vars(list(da.coords))
+
+
+def stage(func):
+    """Mark a pipeline stage: its arithmetic keeps no attributes, the stage sets them.
+
+    xarray keeps (and merges) the attributes of the operands of arithmetic by
+    default, so ``flag_values`` of a status would end up on a mask and
+    ``system: AB`` of a magnitude on a flux; inside a stage every result
+    starts bare and gets its attributes deliberately (``assign_attrs``).
+    """
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        with xr.set_options(keep_attrs=False):
+            return func(*args, **kwargs)
+
+    return wrapper

@@ -112,7 +112,11 @@ def reason_text(code: int, d: dict[str, float], limits: dict[str, float]) -> str
         return "catalogue row has no usable photometry"
     if s is StandardStatus.FIT_FAILED:
         fit_code = g("fit_status", np.nan)
-        why = FitStatus(int(fit_code)).name.lower().replace("_", " ") if np.isfinite(fit_code) else "?"
+        why = (
+            FitStatus(int(fit_code)).name.lower().replace("_", " ")
+            if np.isfinite(fit_code)
+            else "?"
+        )
         return f"template fit failed: {why}"
     if s is StandardStatus.NO_SCALE:
         return "no photometric scale (no catalogue band covered by the grid)"

@@ -31,7 +31,7 @@ from astropy.io import fits
 
 from .._base import maskbits
 from .._base.errors import RedFileError
-from .._base.schema import COLUMN_ATTR, HDU_ATTR, HEADER_ATTR, HISTORY_ATTR, ORDER_ATTR, RAW_ATTR
+from .._base.schema import COLUMN_ATTR, HDU_ATTR, HEADER_ATTR, ORDER_ATTR, RAW_ATTR
 
 __all__ = [
     "BLOCK",
@@ -61,7 +61,9 @@ _DEGREES = {"deg", "degree", "degrees"}
 _SPECTRAL_HDUS, _FIBER_HDUS = {"SKY"}, {"THPUT"}
 _MANAGED = {"units", "long_name", HEADER_ATTR, HDU_ATTR, COLUMN_ATTR, RAW_ATTR}
 _MANAGED |= set(maskbits.flag_attrs())
-_MANAGED_DS = {HEADER_ATTR, ORDER_ATTR, HISTORY_ATTR}
+_MANAGED_DS = {HEADER_ATTR, ORDER_ATTR}
+#: primary card: how many lines of ``attrs["history"]`` the header holds as HISTORY cards
+_HISTORY_CARD = "KXHISTN"
 _DEFAULT_FLUX_UNITS = "count"
 
 
@@ -210,7 +212,16 @@ _STRUCTURAL = {"SIMPLE", "XTENSION", "BITPIX", "NAXIS", "EXTEND", "PCOUNT", "GCO
 _STRUCTURAL |= {"TFIELDS", "THEAP", "BSCALE", "BZERO"}
 #: indexed column keywords; the first group follows from the column definitions
 _COLUMN_STRUCTURAL = ("TTYPE", "TFORM", "TUNIT", "TNULL", "TSCAL", "TZERO", "TDISP", "TDIM")
-_COLUMN_OTHER: tuple[str, ...] = ("TBCOL", "TLMIN", "TLMAX", "TDMIN", "TDMAX", "TCTYP", "TCUNI", "TCRPX")
+_COLUMN_OTHER: tuple[str, ...] = (
+    "TBCOL",
+    "TLMIN",
+    "TLMAX",
+    "TDMIN",
+    "TDMAX",
+    "TCTYP",
+    "TCUNI",
+    "TCRPX",
+)
 _COLUMN_OTHER += ("TCRVL", "TCDLT", "TCROT", "TRPOS")
 _COLUMN_KEY = re.compile(rf"^({'|'.join(_COLUMN_STRUCTURAL + _COLUMN_OTHER)})(\d+)$")
 _NAXIS_KEY = re.compile(r"^NAXIS\d+$")
@@ -651,7 +662,9 @@ def encode_attrs(attrs: dict, where: str = "") -> str:
     doubled quote falls at a segment boundary.
     """
     text = json.dumps(
-        {k: _to_json(v, f"{where}.{k}") for k, v in attrs.items()}, separators=(",", ":")
+        {k: _to_json(v, f"{where}.{k}") for k, v in attrs.items()},
+        separators=(",", ":"),
+        sort_keys=True,  # one text for one dict, whatever order it was built in
     )
     return text.replace("'", "\\u0027")
 

@@ -57,6 +57,7 @@ from ._fits import (
     _DIM_CARD,
     _FIBRES,
     _FIBRES_NAMES,
+    _HISTORY_CARD,
     _MANAGED,
     _MANAGED_DS,
     _MASK,
@@ -182,13 +183,19 @@ class _Writer:
         """The primary HDU; built last, when the file variables are known."""
         ds, header = self.ds, self.header
         _set_bunit(header, ds.flux.attrs.get("units"), _DEFAULT_FLUX_UNITS)
+        # the history travels whole in KXATTRS; the lines the stored header does not
+        # hold yet (KXHISTN counts those it does) become HISTORY cards
         lines = [line for line in ds.attrs.get(HISTORY_ATTR, "").splitlines() if line.strip()]
-        for line in lines:
+        held = header.get(_HISTORY_CARD, 0)
+        held = held if isinstance(held, int) and not isinstance(held, bool) else 0
+        new = lines[held:]
+        for line in new:
             for part in textwrap.wrap(line, 72, break_on_hyphens=False) or [line]:
                 header.add_history(part)
-        if lines:
+        if new:
             for keyword, value in package_versions().items():
                 header[keyword] = value
+            header[_HISTORY_CARD] = (len(lines), "lines of attrs['history'] in HISTORY")
         extra = self.extra_attrs()
         if extra:
             header[_ATTRS_CARD] = encode_attrs(extra, "attrs")
@@ -387,6 +394,9 @@ class _Writer:
             [("EXTNAME", self._unique_extname(row_dim or "KXSCALARS")), (_DIM_CARD, row_dim)]
         )
         columns: list[tuple[str, np.ndarray, str | None, int | None]] = []
+        # the dimension's coordinate first, then the other coordinates: a re-read
+        # Dataset lists its variables in another order, the file must not change
+        names = sorted(names, key=lambda n: (n != row_dim, n not in self.ds.coords))
         for number, name in enumerate(names, start=1):
             var = self.ds[name].variable
             order = ([row_dim] if row_dim else []) + [d for d in var.dims if d != row_dim]

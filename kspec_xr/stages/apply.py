@@ -7,11 +7,12 @@ import xarray as xr
 from .._base.errors import CalibrationError
 from .._base.maskbits import bit
 from .._base.provenance import add_history
-from .._base.schema import FLUX_UNITS
+from .._base.schema import FLUX_UNITS, stage
 
 __all__ = ["apply_calibration"]
 
 
+@stage
 def apply_calibration(ds: xr.Dataset, /) -> xr.Dataset:
     """Calibrate every fiber: ``F = C·Cal`` and ``Var = Var_C·Cal² + C²·Var_Cal``.
 

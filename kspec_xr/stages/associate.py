@@ -16,12 +16,13 @@ import xarray as xr
 
 from .._base.errors import CalibrationError, CatalogError
 from .._base.provenance import add_history
-from .._base.schema import StandardStatus, source_name, with_status
+from .._base.schema import StandardStatus, source_name, stage, with_status
 from ..io.catalog import read_catalog
 
 __all__ = ["associate_catalog"]
 
 
+@stage
 def associate_catalog(
     ds: xr.Dataset,
     catalog,

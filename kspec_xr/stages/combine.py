@@ -12,14 +12,15 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
-from .._base.maskbits import bit
+from .._base.maskbits import bit, flag_attrs
 from .._base.provenance import add_history
-from .._base.schema import StandardStatus, bare, standards_used, with_status
+from .._base.schema import StandardStatus, bare, stage, standards_used, with_status
 from ..kernels.robust import combine_block
 
 __all__ = ["combine_calibrations"]
 
 
+@stage
 def combine_calibrations(
     ds: xr.Dataset,
     /,
@@ -193,7 +194,7 @@ def combine_calibrations(
         ),
         calibration_nstars=nstars.astype("int16").assign_attrs(units="1"),
         calibration_mask=calmask.assign_attrs(
-            units="1", long_name="calibration bitmask (see mask)"
+            flag_attrs(), long_name="calibration bitmask (0 = good)"
         ),
         std_kept=keep.astype("int8").assign_attrs(
             units="1", long_name="1 where the star entered the combined calibration"

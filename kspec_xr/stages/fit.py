@@ -26,6 +26,7 @@ from .._base.schema import (
     StandardStatus,
     bare,
     fit_status_attrs,
+    stage,
     standard_index,
     with_status,
 )
@@ -60,6 +61,7 @@ def header_fwhm(ds: xr.Dataset) -> float:
     return float(value)
 
 
+@stage
 def fit_standards(
     ds: xr.Dataset,
     /,

@@ -18,7 +18,7 @@ import xarray as xr
 from .._base.errors import CalibrationError
 from .._base.maskbits import bit
 from .._base.provenance import add_history
-from .._base.schema import bare, standard_index, with_status
+from .._base.schema import bare, stage, standard_index, with_status
 from ..kernels.robust import gate_kernel
 
 __all__ = ["gate_standards", "GATE_DEFAULTS"]
@@ -47,6 +47,7 @@ _OUTPUTS = (
 )
 
 
+@stage
 def gate_standards(
     ds: xr.Dataset,
     /,

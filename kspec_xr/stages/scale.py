@@ -6,7 +6,7 @@ import numpy as np
 import xarray as xr
 
 from .._base.provenance import add_history
-from .._base.schema import StandardStatus, with_status
+from .._base.schema import StandardStatus, stage, with_status
 
 __all__ = ["scale_to_photometry", "MAG_ERROR_FLOOR"]
 
@@ -17,6 +17,7 @@ MAG_ERROR_FLOOR = 0.01
 _LN10_04 = 0.4 * np.log(10.0)
 
 
+@stage
 def scale_to_photometry(ds: xr.Dataset, /, *, error_floor: float = MAG_ERROR_FLOOR) -> xr.Dataset:
     """Scale each star's model to its catalogue photometry.
 

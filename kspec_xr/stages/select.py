@@ -7,11 +7,12 @@ import xarray as xr
 
 from .._base.errors import CalibrationError
 from .._base.provenance import add_history
-from .._base.schema import source_name, status_attrs
+from .._base.schema import source_name, stage, status_attrs
 
 __all__ = ["select_standards"]
 
 
+@stage
 def select_standards(ds: xr.Dataset, /) -> xr.Dataset:
     """Make the standard-star fibers (``TYPE == 'C'``) a ``standard`` dimension.
 

@@ -5,14 +5,15 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
-from .._base.maskbits import bit
+from .._base.maskbits import bit, flag_attrs
 from .._base.provenance import add_history
 from .._base.regions import in_regions, line_mask
-from .._base.schema import bare, standard_index, standards_used
+from .._base.schema import bare, stage, standard_index, standards_used
 
 __all__ = ["star_calibrations"]
 
 
+@stage
 def star_calibrations(
     ds: xr.Dataset,
     /,
@@ -90,9 +91,9 @@ def star_calibrations(
     out = ds.assign(
         std_calibration=cal.assign_attrs(units=_cal_units(ds), long_name="per-star calibration"),
         std_calibration_variance=var.assign_attrs(units=f"({_cal_units(ds)})2"),
-        std_calibration_mask=xr.DataArray(flags).transpose("standard", "wavelength").assign_attrs(
-            units="1", long_name="per-star calibration bitmask (see mask)"
-        ),
+        std_calibration_mask=xr.DataArray(flags)
+        .transpose("standard", "wavelength")
+        .assign_attrs(flag_attrs(), long_name="per-star calibration bitmask (0 = good)"),
     )
     return add_history(out, "star_calibrations: Cal = scale*model/counts")
 
