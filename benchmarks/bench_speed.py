@@ -11,7 +11,7 @@ standards) against the bundled stand-in grid (572 BOSZ-format templates):
   loaded from the cache file (best of N);
 - warm, same process: the same call again in one process, the prepared grid
   in memory — the steady state of a batch worker (best of N);
-- the per-template loop of ``benchmarks/reference_fit.py`` on the same stars
+- the per-template loop of ``tests/reference_fit.py`` on the same stars
   and candidates, with each template's convolution operator built per
   template (the reference pipeline) and with one shared operator (the fastest
   a per-template loop can be); native templates in memory, not timed;
@@ -306,7 +306,7 @@ def run_benchmark(tmp: Path, args, repeat: int, ref_stars: int) -> None:
     from kspec_xr.stages import header_fwhm
     from kspec_xr.testing import make_exposure
 
-    sys.path.insert(0, str(HERE))
+    sys.path.insert(0, str(HERE.parent / "tests"))  # the obvious loop the tests check against
     import reference_fit as rf
 
     repeat_same = max(repeat, 5)  # in-process repeats are cheap; the machine is shared

@@ -21,6 +21,7 @@ def _digest(path):
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+@pytest.mark.slow  # prepares the grid for a setup of its own
 def test_fluxcal_writes_a_calibrated_file(sim, tmp_path, capsys):
     before = _digest(sim.red_path)
     out = tmp_path / "out.fits"
@@ -105,6 +106,7 @@ def test_debug_shows_the_traceback(sim, tmp_path):
         )
 
 
+@pytest.mark.slow  # prepares the grid for a setup of its own
 def test_apply_fluxcal_in_place(sim, tmp_path):
     path = tmp_path / "inplace.fits"
     path.write_bytes(sim.red_path.read_bytes())
@@ -127,6 +129,7 @@ def test_apply_fluxcal_in_place(sim, tmp_path):
         kx.apply_fluxcal(path, {"CALIBFLUX": True})
 
 
+@pytest.mark.slow  # prepares the grid for a setup of its own
 def test_demo_reports_accuracy(tmp_path, capsys):
     assert main(["demo", "--dir", str(tmp_path / "demo")]) == 0
     text = capsys.readouterr().out
@@ -134,6 +137,7 @@ def test_demo_reports_accuracy(tmp_path, capsys):
     assert (tmp_path / "demo" / "demored_fcal.fits").exists()
 
 
+@pytest.mark.slow  # prepares the grid for a setup of its own
 def test_someone_elses_exposure_through_the_cli(tmp_path):
     """Another setup (range, FWHM, DISPAXIS=2, RA in degrees), unseen throughput, shuffled
     catalogue with extra rows: calibrated by the command line to the same accuracy."""

@@ -19,7 +19,7 @@ from kspec_xr.cli import main
 from kspec_xr.nightly import NIGHTLY_NAME
 from kspec_xr.testing import make_exposure
 
-pytestmark = pytest.mark.distributed
+pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 
 NAMES = ("a", "b", "c")
 

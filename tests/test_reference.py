@@ -1,4 +1,4 @@
-"""The vectorised template fit against the obvious per-template loop (benchmarks/reference_fit.py).
+"""The vectorised template fit against the obvious per-template loop (tests/reference_fit.py).
 
 On a small stand-in grid (24 templates) and a small exposure (3 standards):
 
@@ -12,11 +12,9 @@ On a small stand-in grid (24 templates) and a small exposure (3 standards):
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
+import reference_fit as rf  # tests/ is on sys.path (pytest rootdir-relative imports)
 
 import kspec_xr as kx
 from kspec_xr.kernels.resample import edges_from_centers
@@ -24,9 +22,6 @@ from kspec_xr.kernels.rv import xcorr_velocity
 from kspec_xr.kernels.template_fit import Scorer, running_mean
 from kspec_xr.templates.standin import write_standin_grid
 from kspec_xr.testing import make_exposure
-
-sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
-import reference_fit as rf  # noqa: E402
 
 FWHM = 2.5
 
