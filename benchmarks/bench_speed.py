@@ -222,6 +222,7 @@ def stage_times(ds, catalog, grid, cache, repeat: int) -> list[tuple[str, float]
         ("fit_standards", lambda d: kx.fit_standards(d, grid, cache=cache)),
         ("scale_to_photometry", kx.scale_to_photometry),
         ("star_calibrations", kx.star_calibrations),
+        ("gate_standards", kx.gate_standards),
         ("combine_calibrations", kx.combine_calibrations),
         ("apply_calibration", kx.apply_calibration),
     ]
@@ -347,7 +348,7 @@ def run_benchmark(tmp: Path, args, repeat: int, ref_stars: int) -> None:
     ]
     progress("cold run (new process, empty prepared-grid cache)")
     cold, cold_wall = run_child(sys.executable, "calibrate", *child_options)
-    cached_files = sorted(p.name for p in cache.glob("prepared-*.nc"))
+    cached_files = sorted(p.name for p in cache.glob("prepared-*") if (p / "meta.json").is_file())
     progress("warm runs, new process")
     warm_new = [run_child(sys.executable, "calibrate", *child_options) for _ in range(repeat)]
     warm_new_best = min(w["calibrate"] for w, _ in warm_new)

@@ -126,3 +126,27 @@ def test_a_fibre_without_a_position_is_flagged(sim, standards):
     out = kx.associate_catalog(ds, sim.catalog)
     assert out["standard_status"].values[3] == StandardStatus.NO_POSITION
     assert np.all(out["standard_status"].values[[0, 1, 2, 4]] == StandardStatus.OK)
+
+
+def test_nearest_on_sky_agrees_with_astropy():
+    """The NumPy match gives astropy's neighbours and separations, near the poles and RA 0/360."""
+    from astropy.coordinates import SkyCoord
+
+    from kspec_xr.kernels.sky import nearest_on_sky
+
+    rng = np.random.default_rng(3)
+    cat_ra = np.concatenate([rng.uniform(0, 360, 400), [359.9998, 0.0001, 10.0]])
+    cat_dec = np.concatenate([rng.uniform(-90, 90, 400), [-30.0, -30.0, 89.9999]])
+    ra = np.concatenate([cat_ra[:50] + rng.normal(0, 1e-4, 50), [359.99997, 190.0]]) % 360
+    dec = np.concatenate(
+        [np.clip(cat_dec[:50] + rng.normal(0, 1e-4, 50), -90, 90), [-30.0, 89.9999]]
+    )
+    index, sep = nearest_on_sky(ra, dec, cat_ra, cat_dec, block=1000)  # several blocks
+    ref, ref_sep, _ = SkyCoord(ra * u.deg, dec * u.deg).match_to_catalog_sky(
+        SkyCoord(cat_ra * u.deg, cat_dec * u.deg)
+    )
+    np.testing.assert_array_equal(index, ref)
+    np.testing.assert_allclose(sep, ref_sep.to_value(u.arcsec), rtol=1e-6, atol=1e-6)
+    # the nearest star of a fibre at RA 359.99997 is the one at RA 0.0001
+    assert index[50] == 401
+    assert sep[50] == pytest.approx(0.00013 * 3600 * np.cos(np.radians(30)), rel=1e-6)

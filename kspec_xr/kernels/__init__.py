@@ -2,6 +2,6 @@
 
 ``resample`` (flux-conserving rebinning, Gaussian LSF), ``rv`` (FFT
 cross-correlation), ``photometry`` (synthetic magnitudes, Teff from colors),
-``template_fit`` (the per-star template fit) and ``robust`` (gating and the
-combination of the standards).  The xarray stages wrap them.
+``sky`` (nearest neighbours on the sphere), ``template_fit`` (the per-star
+template fit) and ``robust`` (gating and the combination of the standards).  The xarray stages wrap them.
 """

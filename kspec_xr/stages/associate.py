@@ -1,7 +1,7 @@
 """Which catalogue star each standard is, and its photometry.
 
 :func:`associate_catalog` attaches each standard's catalogue photometry by an
-RA/Dec cross-match (astropy), or — only when the caller asks for it and the
+RA/Dec cross-match (nearest catalogue star within a radius), or — only when the caller asks for it and the
 catalogue has one row per standard — by the order of the rows, as the
 reference pipeline does.  Standards without a match are kept and flagged with
 the reason (``standard_status``).
@@ -18,6 +18,7 @@ from .._base.errors import CalibrationError, CatalogError
 from .._base.provenance import add_history
 from .._base.schema import StandardStatus, source_name, stage, with_status
 from ..io.catalog import read_catalog
+from ..kernels.sky import nearest_on_sky
 
 __all__ = ["associate_catalog"]
 
@@ -165,7 +166,7 @@ def _match_by_position(ds, cat, radius, status, where):
     status[~has_fibre & (status == StandardStatus.OK)] = StandardStatus.NO_POSITION
     if rows.size:
         fib = np.flatnonzero(has_fibre)
-        hit, dist = _nearest(std_ra[fib], std_dec[fib], cat_ra[rows], cat_dec[rows])
+        hit, dist = nearest_on_sky(std_ra[fib], std_dec[fib], cat_ra[rows], cat_dec[rows])
         row[fib] = np.where(dist <= radius, rows[hit], -1)
         sep[fib] = dist
         for star in np.unique(row[row >= 0]):
@@ -177,14 +178,3 @@ def _match_by_position(ds, cat, radius, status, where):
     far = has_fibre & (row < 0) & (status == StandardStatus.OK)
     status[far] = StandardStatus.NO_MATCH
     return row, sep, status
-
-
-def _nearest(ra, dec, cat_ra, cat_dec):
-    """Index of the nearest catalogue star and its separation (arcsec) for every fibre."""
-    from astropy import units as u  # deferred: astropy.coordinates is slow to import
-    from astropy.coordinates import SkyCoord
-
-    fibers = SkyCoord(ra * u.deg, dec * u.deg)
-    stars = SkyCoord(cat_ra * u.deg, cat_dec * u.deg)
-    nearest, separation, _ = fibers.match_to_catalog_sky(stars)
-    return np.asarray(nearest), separation.to_value(u.arcsec)

@@ -51,7 +51,7 @@ __all__ = [
 ]
 
 #: bump when the prepared product changes, so old cache entries are not reused
-PREPARE_VERSION = 4
+PREPARE_VERSION = 5
 
 #: prepared grids kept in a cache folder (the most recently used; ~150 MB each
 #: for the 572-template stand-in grid on a 4096-pixel setup)
@@ -104,8 +104,6 @@ _ARRAYS = {
     "flux": ("template", "loglam"),
     "continuum": ("template", "loglam"),
     "loglam_scoring": ("loglam_scoring",),
-    "scoring_flux": ("template", "loglam_scoring"),
-    "scoring_continuum": ("template", "loglam_scoring"),
     "scoring_norm": ("template", "loglam_scoring"),
     "scoring_cumulative": ("template", "loglam_edges"),
     "params": ("template", "param"),
@@ -113,6 +111,8 @@ _ARRAYS = {
     "mags": ("template", "band"),
 }
 _PARAMS = ("teff", "logg", "mh")
+#: arrays opened as read-only memory maps (only a few rows are read per star)
+_MAPPED = ("flux", "continuum")
 
 
 class PreparedTemplates:
@@ -123,7 +123,7 @@ class PreparedTemplates:
     setup, keep it as long as you calibrate such exposures: it is the
     expensive reusable operator of the calibration, as xESMF's ``Regridder``
     is of regridding.  :meth:`save` and :meth:`open` store it as a folder of
-    ``.npy`` arrays.
+    ``.npy`` arrays (the full-resolution templates opened as memory maps).
 
     Attributes
     ----------
@@ -203,8 +203,14 @@ class PreparedTemplates:
                 )
             arrays = {}
             for name in _ARRAYS:
-                # read whole, not memory-mapped: a file changed under a map would crash us
-                array = np.load(folder / f"{name}.npy", allow_pickle=False)
+                # the full-resolution templates stay on disk, memory-mapped: a star's
+                # final model reads a few of them (the cache's files are never
+                # changed in place: a new grid is a new folder, renamed into place)
+                path = folder / f"{name}.npy"
+                if name in _MAPPED:
+                    array = np.load(path, mmap_mode="r", allow_pickle=False)
+                else:
+                    array = np.load(path, allow_pickle=False)
                 if list(array.shape) != meta["shapes"][name]:
                     raise TemplateError(f"{folder}/{name}.npy has shape {array.shape}")
                 arrays[name] = array
@@ -247,8 +253,6 @@ class PreparedTemplates:
             {
                 "flux": (("template", "loglam"), a["flux"], {"units": units}),
                 "continuum": (("template", "loglam"), a["continuum"], {"units": units}),
-                "scoring_flux": (("template", "loglam_scoring"), a["scoring_flux"]),
-                "scoring_continuum": (("template", "loglam_scoring"), a["scoring_continuum"]),
                 "mags": (("template", "band"), a["mags"], {"units": "mag", "system": "AB"}),
             },
             coords=coords,
@@ -311,8 +315,8 @@ class PreparedTemplates:
         keep = inputs["keep"]
         scoring = TemplateGrid(
             a["scoring_loglam"],
-            np.asarray(self._arrays["scoring_flux"][keep]),
-            np.asarray(self._arrays["scoring_continuum"][keep]),
+            bin_pixels(np.asarray(self._arrays["flux"][keep]), inputs["oversample"]),
+            bin_pixels(np.asarray(self._arrays["continuum"][keep]), inputs["oversample"]),
             a["params"], a["template_mags"], inputs["pairs"],
             norm=a["scoring_norm"], cumulative=a["scoring_cumulative"],
         )  # fmt: skip
@@ -466,11 +470,12 @@ def _build(grid: xr.DataArray, wavelength: np.ndarray, fwhm: np.ndarray, *, vmax
     else:
         mags = np.empty((flux.shape[0], 0))
 
-    conv_flux = np.asarray(matrix @ flux.T).T
-    conv_cont = np.asarray(matrix @ continuum.T).T
+    conv_flux = np.asarray(matrix @ flux.T).T.astype("float32")
+    conv_cont = np.asarray(matrix @ continuum.T).T.astype("float32")
 
-    scoring_flux = bin_pixels(conv_flux, oversample).astype("float32")
-    scoring_cont = bin_pixels(conv_cont, oversample).astype("float32")
+    # binned from the stored float32 arrays, exactly as kernel_grid bins them
+    scoring_flux = bin_pixels(conv_flux, oversample)
+    scoring_cont = bin_pixels(conv_cont, oversample)
     loglam = np.log(work)
     scoring_loglam = bin_log_grid(loglam, oversample)
     scoring_norm = scoring_flux / scoring_cont
@@ -491,11 +496,9 @@ def _build(grid: xr.DataArray, wavelength: np.ndarray, fwhm: np.ndarray, *, vmax
     )
     arrays = {
         "loglam": loglam,
-        "flux": conv_flux.astype("float32"),
-        "continuum": conv_cont.astype("float32"),
+        "flux": conv_flux,
+        "continuum": conv_cont,
         "loglam_scoring": scoring_loglam,
-        "scoring_flux": scoring_flux,
-        "scoring_continuum": scoring_cont,
         "scoring_norm": scoring_norm,
         "scoring_cumulative": scoring_cum,
         "params": params,
