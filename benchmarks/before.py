@@ -34,8 +34,12 @@ _ROOT = Path(__file__).resolve().parents[1]
 
 _RUNNER = r"""
 import json, sys, warnings
+# an editable install of the work tree would fill in modules the revision lacks
+sys.meta_path[:] = [f for f in sys.meta_path if not getattr(f, "__module__", "").startswith("__editable__")]
 import numpy as np, xarray as xr
 import kspec_xr as kx
+if not kx.__file__.startswith(sys.argv[2]):
+    sys.exit(f"the revision's kspec_xr was not the one imported: {kx.__file__}")
 from kspec_xr import photometry
 
 decam = tuple(f"decam2014-{b}" for b in "grizY")
@@ -43,7 +47,10 @@ if "decam2014-g" not in photometry.KNOWN_BANDS:
     photometry.KNOWN_BANDS = photometry.KNOWN_BANDS + decam
     photometry.COLOUR_PAIRS = photometry.COLOUR_PAIRS + (
         ("decam2014-g", "decam2014-r"), ("decam2014-r", "decam2014-i"), ("decam2014-i", "decam2014-z"))
-from kspec_xr._base.schema import standards_used
+try:  # where the revision keeps it
+    from kspec_xr._base.schema import standards_used
+except ImportError:
+    from kspec_xr.calibration import standards_used
 
 warnings.simplefilter("ignore")
 for job in json.load(open(sys.argv[1])):
@@ -95,7 +102,9 @@ def run(jobs: list[dict], rev: str = BEFORE) -> list[dict | str]:
         env = {**os.environ, "PYTHONPATH": str(tree)}
         # cwd: `python -c` puts the working directory first on sys.path, and from
         # the project's folder that would import this tree's kspec_xr instead
-        subprocess.run([sys.executable, "-c", _RUNNER, str(job_file)], check=True, env=env, cwd=tmp)
+        subprocess.run(
+            [sys.executable, "-c", _RUNNER, str(job_file), str(tree)], check=True, env=env, cwd=tmp
+        )
         results = []
         for job in jobs:
             with np.load(job["out"]) as saved:

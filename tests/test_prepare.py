@@ -134,6 +134,18 @@ def test_cache_keeps_the_most_recent(small_grid, tmp_path, monkeypatch):
     assert len(list(tmp_path.glob("prepared-*/meta.json"))) == 2
 
 
+def test_cache_drops_grids_of_other_versions(small_grid, tmp_path):
+    """Grids no key of this version can reach go at the next build; other files stay."""
+    old = tmp_path / "prepared-0123456789abcdef"
+    old.mkdir()
+    (old / "meta.json").write_text('{"prepare_version": 4}')
+    (tmp_path / "prepared-0011223344556677.nc").write_bytes(b"old netCDF cache")
+    (tmp_path / "notes.txt").write_text("mine")
+    prepare_templates(small_grid, WAVE, FWHM, cache=tmp_path)
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert len(names) == 2 and "notes.txt" in names and old.name not in names
+
+
 def test_old_standin_versions_are_removed(tmp_path, monkeypatch):
     from kspec_xr.templates import standin
 

@@ -613,11 +613,23 @@ def prepare_templates(
 def _prune(folder: Path, *, keep: int) -> None:
     """Delete all but the ``keep`` most recently used prepared grids in ``folder``.
 
-    Cache files of earlier versions (``prepared-*.nc``) go too.
+    Grids of other ``PREPARE_VERSION`` s (and the ``prepared-*.nc`` files of
+    the first versions) go too: no key of this version can reach them.
     """
     for stale in folder.glob("prepared-*.nc"):
         stale.unlink(missing_ok=True)
-    entries = [p for p in folder.glob("prepared-*") if (p / "meta.json").is_file()]
+    entries = []
+    for entry in folder.glob("prepared-*"):
+        if not (entry / "meta.json").is_file():
+            continue
+        try:
+            version = json.loads((entry / "meta.json").read_text()).get("prepare_version")
+        except (OSError, ValueError):
+            version = None
+        if version == PREPARE_VERSION:
+            entries.append(entry)
+        else:
+            shutil.rmtree(entry, ignore_errors=True)
     entries.sort(key=lambda p: (p / "meta.json").stat().st_mtime, reverse=True)
     for old in entries[keep:]:
         shutil.rmtree(old, ignore_errors=True)
