@@ -91,6 +91,21 @@ def _sky_flux(lam: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return out
 
 
+def _program_star(
+    lam: np.ndarray, rng: np.random.Generator, rv_max: float, resolution: float
+) -> np.ndarray:
+    """4π × the surface flux of a random F/G/K star at a random velocity (its shape only)."""
+    h, _ = surface_flux(
+        lam / (1.0 + rng.uniform(-rv_max, rv_max) / C_KMS),
+        rng.uniform(5200, 7800),
+        rng.uniform(3.6, 4.9),
+        rng.uniform(-1.8, 0.4),
+        0.0,
+        resolution=resolution,
+    )
+    return 4 * np.pi * h
+
+
 def _galaxy_flux(lam: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """A simple emission-line galaxy at random redshift (erg/s/cm²/Å)."""
     z = rng.uniform(0.02, 0.3)
@@ -295,29 +310,14 @@ def make_exposure(
     prog_resolution = float(np.median(lam) / fwhm)
     for f in np.flatnonzero(types == "P"):
         if rng.uniform() < 0.3:
-            h, _ = surface_flux(
-                lam / (1.0 + rng.uniform(-rv_max, rv_max) / C_KMS),
-                rng.uniform(5200, 7800),
-                rng.uniform(3.6, 4.9),
-                rng.uniform(-1.8, 0.4),
-                0.0,
-                resolution=prog_resolution,
-            )
-            true_flux[f] = 4 * np.pi * h * 10 ** rng.uniform(-22.3, -21.3)
+            star = _program_star(lam, rng, rv_max, prog_resolution)
+            true_flux[f] = star * 10 ** rng.uniform(-22.3, -21.3)
         else:
             true_flux[f] = _galaxy_flux(lam, rng)
     # bright program stars (their own random stream: the rest of the exposure is unchanged)
     bright_rng = np.random.default_rng(seed + 4242)
     for f in np.flatnonzero(types == "P")[:n_bright]:
-        h, _ = surface_flux(
-            lam / (1.0 + bright_rng.uniform(-rv_max, rv_max) / C_KMS),
-            bright_rng.uniform(5200, 7800),
-            bright_rng.uniform(3.6, 4.9),
-            bright_rng.uniform(-1.8, 0.4),
-            0.0,
-            resolution=prog_resolution,
-        )
-        flux = 4 * np.pi * h
+        flux = _program_star(lam, bright_rng, rv_max, prog_resolution)
         m_r = synthetic_mags(lam, flux, ["panstarrs-r"])[0]
         true_flux[f] = flux * 10 ** (-0.4 * (bright_rng.uniform(14.5, 15.5) - m_r))
 
