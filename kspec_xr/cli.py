@@ -115,6 +115,19 @@ def _gating(items: list[str]) -> dict[str, float]:
     return out
 
 
+def _calibration_options(args) -> dict:
+    """The options of :func:`kspec_xr.flux_calibrate` given on the command line."""
+    return {
+        "templates": args.templates,
+        "fwhm": args.fwhm,
+        "metric": args.metric,
+        "smooth": args.smooth,
+        "match": args.match,
+        "radius": args.match_radius,
+        "gating": _gating(args.gate),
+    }
+
+
 def _fluxcal(args) -> int:
     from .pipeline import calibrate_file  # deferred: the calibration's imports take a second
     from .qc import plot_calibration, standards_summary
@@ -124,13 +137,7 @@ def _fluxcal(args) -> int:
         args.output,
         catalog=args.catalog,
         overwrite=args.overwrite,
-        templates=args.templates,
-        fwhm=args.fwhm,
-        metric=args.metric,
-        smooth=args.smooth,
-        match=args.match,
-        radius=args.match_radius,
-        gating=_gating(args.gate),
+        **_calibration_options(args),
     )
     out = result.dataset
     if out is None:  # pragma: no cover - fluxcal never resumes
@@ -186,13 +193,7 @@ def _batch(args) -> int:
         resume=args.resume,
         overwrite=args.overwrite,
         progress=True,
-        templates=args.templates,
-        fwhm=args.fwhm,
-        metric=args.metric,
-        smooth=args.smooth,
-        match=args.match,
-        radius=args.match_radius,
-        gating=_gating(args.gate),
+        **_calibration_options(args),
     )
     counts = summary["status"].value_counts()
     n_failed = int(counts.get("failed", 0))

@@ -22,8 +22,8 @@ import xarray as xr
 from ._base.errors import CalibrationError, KspecError, OutputExistsError, RedFileError
 from ._base.paths import same_file
 from ._base.provenance import primary_header
-from ._base.schema import FLUX_UNITS, standard_reasons, standards_used
-from .io import calibration_warning, open_red, write_red
+from ._base.schema import FLUX_UNITS, standard_reasons
+from .io import calibration_summary, open_red, write_red
 from .stages import (
     GATE_DEFAULTS,
     apply_calibration,
@@ -259,23 +259,19 @@ def calibrate_file(
         return CalibrationResult(str(input), str(output), "skipped", seconds=_since(start))
     out = flux_calibrate(open_red(source), catalog=catalog, **options).compute()
     write_red(out, output, overwrite=action == "replace")
-    n_standards = int(out.sizes.get("standard", 0))
-    n_used = int(standards_used(out).sum())
+    summary = calibration_summary(out)
     reasons = standard_reasons(out)
     fibers = np.asarray(out["standard_fiber"].values)
-    good = np.asarray(out["calibration_mask"].values) == 0
-    rms_values = np.asarray(out["calibration_rms"].values, dtype=float)[good]
-    rms_values = rms_values[np.isfinite(rms_values)]
     return CalibrationResult(
         input=str(input),
         output=str(output),
         status="ok",
-        n_standards=n_standards,
-        n_used=n_used,
-        n_rejected=n_standards - n_used,
-        rms=float(np.median(rms_values)) if rms_values.size else math.nan,
+        n_standards=summary["n_standards"],
+        n_used=summary["n_used"],
+        n_rejected=summary["n_rejected"],
+        rms=summary["rms"],
         rejected="; ".join(f"fiber {int(fibers[k])}: {r}" for k, r in enumerate(reasons) if r),
-        warning=calibration_warning(out),
+        warning=summary["warning"],
         seconds=_since(start),
         dataset=out,
     )

@@ -82,7 +82,7 @@ from ._fits import (
     update_checksums,
 )
 
-__all__ = ["write_red", "calibration_header", "calibration_warning"]
+__all__ = ["write_red", "calibration_header", "calibration_summary", "calibration_warning"]
 
 
 def _values(var: xr.Variable) -> np.ndarray:
@@ -535,16 +535,12 @@ def calibration_header(ds: xr.Dataset, /) -> xr.Dataset:
             f"{source_name(ds)}: no standard star could be used, so there is no flux calibration "
             f"to write ({why or 'no finite calibration'})"
         )
-    good = np.asarray(ds["calibration_mask"].values) == 0
-    rms = np.asarray(ds["calibration_rms"].values)[good]
-    rms = float(np.nanmedian(rms)) if np.any(np.isfinite(rms)) else float("nan")
-    zp_spread = float("nan")
-    if "std_zero_point" in ds and used.sum() >= 2:
-        zp_spread = robust_sigma(np.asarray(ds["std_zero_point"].values, dtype=float)[used])
+    summary = calibration_summary(ds)
+    rms, zp_spread = summary["rms"], summary["zp_spread"]
     cards = {
         "FLUXCAL": (True, "flux calibrated with standard stars (kspec_xr)"),
-        "FCALNSTR": (int(used.sum()), "standards contributing to the calibration"),
-        "FCALNREJ": (int((~used).sum()), "standard stars rejected (see HISTORY)"),
+        "FCALNSTR": (summary["n_used"], "standards contributing to the calibration"),
+        "FCALNREJ": (summary["n_rejected"], "standard stars rejected (see HISTORY)"),
         "FCALRMS": (
             round(rms, 6) if np.isfinite(rms) else "NaN",
             "median fractional RMS of the stars' shapes",
@@ -556,7 +552,7 @@ def calibration_header(ds: xr.Dataset, /) -> xr.Dataset:
         "FCALMET": (str(ds.attrs.get("fit_metric", "")), "template score (chi2|huber)"),
         "FCALGRID": (str(ds.attrs.get("template_grid_id", ""))[:60], "template grid id"),
     }
-    warning = calibration_warning(ds)
+    warning = summary["warning"]
     if warning:
         short = warning.split(":")[0].split(" and ")[0]
         cards["FCALWARN"] = (short[:40], "weak flux calibration (see HISTORY)")
@@ -575,6 +571,31 @@ def calibration_header(ds: xr.Dataset, /) -> xr.Dataset:
             f"RV {float(ds['fit_rv'].values[k]):+.1f} km/s scale {scale:.4e} +- {err:.2e}"
         )
     return add_history(out, "\n".join(lines))
+
+
+def calibration_summary(ds: xr.Dataset, /) -> dict:
+    """The numbers of the ``FCAL*`` cards, from a computed calibrated exposure.
+
+    ``n_standards``; ``n_used`` (status OK) and ``n_rejected``; ``rms``, the
+    median fractional RMS of the stars' shapes over unmasked pixels (NaN
+    with one star); ``zp_spread``, the robust σ of the used stars' zero
+    points (mag, NaN with fewer than two); ``warning``
+    (:func:`calibration_warning`).
+    """
+    used = np.asarray(ds["standard_status"].values) == StandardStatus.OK
+    good = np.asarray(ds["calibration_mask"].values) == 0
+    rms = np.asarray(ds["calibration_rms"].values, dtype=float)[good]
+    zp_spread = float("nan")
+    if "std_zero_point" in ds and used.sum() >= 2:
+        zp_spread = robust_sigma(np.asarray(ds["std_zero_point"].values, dtype=float)[used])
+    return {
+        "n_standards": int(used.size),
+        "n_used": int(used.sum()),
+        "n_rejected": int((~used).sum()),
+        "rms": float(np.nanmedian(rms)) if np.any(np.isfinite(rms)) else float("nan"),
+        "zp_spread": float(zp_spread),
+        "warning": calibration_warning(ds),
+    }
 
 
 def calibration_warning(ds: xr.Dataset, /) -> str:
