@@ -16,11 +16,16 @@ robust-standards work ("before", see ``benchmarks/before.py``) and prints
 Then the same frames with two standards spoilt by hand (one fibre's counts made
 negative and noise-only, one fibre's counts ×55), against the clean result.
 
-The photometry is the survey's DES CoAdd ``mag_auto`` g r i z (DECam, AB; zero
-means missing); the file gives no errors, so 0.02 mag is assumed.  Real 2dfdr
+The photometry is the survey's DES CoAdd ``mag_auto`` g r i z Y (DECam, AB; zero
+means missing), read with ``bands="ozdes"`` (a preset of :func:`kspec_xr.read_catalog`);
+the file gives no errors, so the preset assumes 0.02 mag.  Real 2dfdr
 frames have no ``SPECFWHM``: 3.7 Å (blue) and 5.5 Å (red) are given, from the
-README's 3.5–4 and 5–6 Å.  Their wavelengths are in air and are used as they
-are (issue 10 brings the air/vacuum conversion).
+README's 3.5–4 and 5–6 Å.  Their wavelengths are in air and ``CTYPE1`` does not
+say so: the default medium (air) applies, the templates and masks meet the
+pixels' vacuum wavelengths.  The fitted RVs of the standards are printed per
+exposure and arm (median and spread), and the summary compares blue with red
+star by star: on one velocity scale they agree ("before" treated the air
+wavelengths as vacuum: both arms ~80 km/s low, by a different amount per arm).
 
 Run: ``python benchmarks/bench_realdata.py [--no-before] [--arm blue|red]``.
 """
@@ -33,7 +38,6 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import xarray as xr
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -46,37 +50,51 @@ from kspec_xr.qc import line_band_departures  # noqa: E402
 NIGHT = Path(__file__).resolve().parents[1].parent / "shared" / "realdata" / "ozdes-2014-09-17"
 FWHM = {"blue": 3.7, "red": 5.5}
 ZP_CARD = {"blue": "BLUZP", "red": "REDZP"}
-DES_BANDS = {"g": "decam2014-g", "r": "decam2014-r", "i": "decam2014-i", "z": "decam2014-z"}
-ASSUMED_ERROR = 0.02
-
-
-def des_catalog(path: Path) -> xr.Dataset:
-    """The night's F-star photometry in the layout of :func:`kspec_xr.read_catalog`."""
-    table = pd.read_csv(path)
-    mag = np.stack([table[f"CoAdd mag_auto {b}"].to_numpy(float) for b in DES_BANDS], axis=1)
-    mag[(mag <= 0) | (mag >= 99)] = np.nan  # zero (and 99) mean missing
-    return xr.Dataset(
-        {
-            "mag": (("star", "band"), mag, {"units": "mag", "system": "AB"}),
-            "mag_err": (
-                ("star", "band"),
-                np.where(np.isfinite(mag), ASSUMED_ERROR, np.nan),
-                {"units": "mag"},
-            ),
-        },
-        coords={
-            "star": np.arange(len(table)),
-            "band": list(DES_BANDS.values()),
-            "ra": ("star", table["ra"].to_numpy(float), {"units": "deg"}),
-            "dec": ("star", table["dec"].to_numpy(float), {"units": "deg"}),
-        },
-        attrs={"source": str(path)},
-    )
+#: the band map of the night's photometry: preset "ozdes" of kspec_xr.read_catalog
+#: (DES CoAdd mag_auto g r i z Y on decam2014-*, AB, 0 = missing, 0.02 mag assumed)
+BANDS = "ozdes"
 
 
 def _level(cal, mask) -> float:
     good = (np.asarray(mask) == 0) & np.isfinite(cal)
     return float(np.log10(np.median(np.asarray(cal)[good])))
+
+
+def _rvs(fibers, rv, used) -> dict[str, float]:
+    """Fiber number -> fitted RV (km/s) of the standards used."""
+    fibers, rv, used = np.asarray(fibers), np.asarray(rv, float), np.asarray(used, bool)
+    return {str(int(f)): float(v) for f, v, u in zip(fibers, rv, used, strict=True) if u}
+
+
+def _rv_text(rv: dict[str, float]) -> str:
+    v = np.array(list(rv.values()))
+    if not v.size:
+        return "RV: no standard used"
+    spread = 1.4826 * np.median(np.abs(v - np.median(v)))
+    return f"RV median {np.median(v):+6.1f} km/s, spread (MAD) {spread:4.1f} km/s, n = {v.size}"
+
+
+def _rv_summary(side: str, rvs: dict[str, dict[str, dict[str, float]]]) -> None:
+    """Blue against red, exposure by exposure and star by star (same fibres in both arms)."""
+    if not rvs.get("blue") or not rvs.get("red"):
+        return
+    print(f"  {side:6s} RVs of the standards, blue vs red arm of each exposure (km/s):")
+    diffs = []
+    for number in sorted(set(rvs["blue"]) & set(rvs["red"])):
+        blue, red = rvs["blue"][number], rvs["red"][number]
+        common = sorted(set(blue) & set(red))
+        d = np.array([blue[f] - red[f] for f in common])
+        diffs.append(np.median(d) if d.size else np.nan)
+        print(
+            f"    exposure {number}: blue median {np.median(list(blue.values())):+6.1f}, red median "
+            f"{np.median(list(red.values())):+6.1f}, blue - red per star: median "
+            f"{np.median(d) if d.size else np.nan:+5.1f}, spread (MAD) "
+            f"{1.4826 * np.median(np.abs(d - np.median(d))) if d.size else np.nan:4.1f}, n = {d.size}"
+        )
+    print(
+        f"    blue - red over the night: median {np.nanmedian(diffs):+.1f} km/s, "
+        f"exposures' spread {np.nanstd(diffs):.1f} km/s"
+    )
 
 
 def _spoil(ds: xr.Dataset, dead: int, bright: int, factor: float = 55.0) -> xr.Dataset:
@@ -105,14 +123,16 @@ def main() -> None:
     if not NIGHT.is_dir():
         print(f"no real night at {NIGHT}; this benchmark needs ../shared/realdata/ozdes-2014-09-17")
         return
-    catalog = des_catalog(NIGHT / "des_fstars_2014.csv")
+    catalog = NIGHT / "des_fstars_2014.csv"
     grid = kx.open_bosz()
     arms = args.arm or ["blue", "red"]
     levels = {"after": [], "before": []}
     all_departures = {"after": [], "before": []}
+    #: side -> arm -> exposure number -> {standard: RV (km/s)}, the standards used
+    rvs: dict[str, dict[str, dict[str, dict[str, float]]]] = {"after": {}, "before": {}}
     with tempfile.TemporaryDirectory(prefix="kspec_real_") as tmp:
         cat_path = Path(tmp) / "des.nc"
-        catalog.to_netcdf(cat_path)
+        kx.read_catalog(catalog, bands=BANDS).to_netcdf(cat_path)  # for the "before" runs
         for arm in arms:
             files = sorted((NIGHT / arm).glob("*red.fits"))
             jobs = [
@@ -121,11 +141,12 @@ def main() -> None:
             ]
             old = [] if args.no_before else legacy.run(jobs, args.before)
             print(f"\n{arm} arm (FWHM {FWHM[arm]} Å)")
+            residuals: dict[str, list[float]] = {}
             for k, path in enumerate(files):
                 ds = kx.open_red(path)
                 zp = float(kx.primary_header(ds)[ZP_CARD[arm]])
                 out = kx.flux_calibrate(
-                    ds, catalog=catalog, templates=grid, fwhm=FWHM[arm]
+                    ds, catalog=catalog, bands=BANDS, templates=grid, fwhm=FWHM[arm]
                 ).compute()
                 status = np.asarray(out["standard_status"].values)
                 good = np.asarray(out["calibration_mask"].values) == 0
@@ -135,6 +156,9 @@ def main() -> None:
                 worst = max(dep, key=lambda d: d["departure"]) if dep else None
                 levels["after"].append((arm, zp, level))
                 all_departures["after"] += dep
+                for band in out["band"].values:  # m_obs - m_syn - mean, standards used
+                    r = np.asarray(out["phot_residual"].sel(band=band).values)[status == 0]
+                    residuals.setdefault(str(band), []).extend(r[np.isfinite(r)].tolist())
                 text = (
                     f"  {path.name}  ZP {zp:7.3f}  after: {int((status == 0).sum()):2d}/"
                     f"{status.size} used, log10 Cal {level:7.3f}, rms {rms:.3f}, worst line "
@@ -149,6 +173,9 @@ def main() -> None:
                     text
                     + (f", vs parabola {100 * worst['departure_smooth']:.1f}%" if worst else "")
                 )
+                rv = _rvs(out["standard_fiber"].values, out["fit_rv"].values, status == 0)
+                rvs["after"].setdefault(arm, {})[path.name[6:10]] = rv
+                print(f"      {_rv_text(rv)} ({out.attrs.get('wavelength_medium_source', '')})")
                 for s in np.flatnonzero(status):
                     fiber = int(out["standard_fiber"].values[s])
                     print(f"      rejected fiber {fiber:3d}: {out['standard_reason'].values[s]}")
@@ -163,11 +190,22 @@ def main() -> None:
                     b_good = np.asarray(b["calibration_mask"].values) == 0
                     b_rms = float(np.nanmedian(np.asarray(b["calibration_rms"].values)[b_good]))
                     levels["before"].append((arm, zp, b_level))
+                    b_rv = _rvs(old[k]["standard_fiber"], old[k]["fit_rv"], old[k]["used"])
+                    rvs["before"].setdefault(arm, {})[path.name[6:10]] = b_rv
                     all_departures["before"] += b_dep
                     print(
                         f"      before: {int(old[k]['used'].sum()):2d}/{old[k]['used'].size} used,"
                         f" log10 Cal {b_level:7.3f}, rms {b_rms:.3g}, worst line "
-                        f"{100 * b_worst:.0f}% (same bands)"
+                        f"{100 * b_worst:.0f}% (same bands); {_rv_text(b_rv)}"
+                    )
+            print(f"  {arm} photometric residual m_obs - m_syn - mean offset, standards used:")
+            for band, values in residuals.items():
+                v = np.asarray(values)
+                if v.size:
+                    mad = 1.4826 * np.median(np.abs(v - np.median(v)))
+                    print(
+                        f"    {band:12s} median {1000 * np.median(v):+6.1f} mmag, "
+                        f"scatter (MAD) {1000 * mad:5.1f} mmag, n = {v.size}"
                     )
 
             # two standards spoilt by hand in every exposure of the arm, against the same
@@ -175,20 +213,23 @@ def main() -> None:
             print(f"\n{arm} arm, one dead fibre and one with 55x its light in every exposure:")
             for path in files:
                 ds = kx.open_red(path)
-                clean = kx.flux_calibrate(ds, catalog=catalog, templates=grid, fwhm=FWHM[arm])
+                clean = kx.flux_calibrate(
+                    ds, catalog=catalog, bands=BANDS, templates=grid, fwhm=FWHM[arm]
+                )
                 clean = clean.compute()
                 used = np.flatnonzero(np.asarray(clean["standard_status"].values) == 0)
                 fibers = np.asarray(clean["standard_fiber"].values)
                 positions = ds.indexes["fiber"].get_indexer(fibers[used[:2]])
                 spoilt = _spoil(ds, dead=positions[0], bright=positions[1])
                 out = kx.flux_calibrate(
-                    spoilt, catalog=catalog, templates=grid, fwhm=FWHM[arm]
+                    spoilt, catalog=catalog, bands=BANDS, templates=grid, fwhm=FWHM[arm]
                 ).compute()
                 types = ds["fiber_type"].values.copy()
                 types[positions] = "P"
                 without = kx.flux_calibrate(
                     ds.assign_coords(fiber_type=("fiber", types, ds["fiber_type"].attrs)),
                     catalog=catalog,
+                    bands=BANDS,
                     templates=grid,
                     fwhm=FWHM[arm],
                 ).compute()
@@ -206,6 +247,8 @@ def main() -> None:
                 )
 
     print("\nsummary")
+    for side in ("after", "before"):
+        _rv_summary(side, rvs[side])
     for side in ("after", "before"):
         if not levels[side]:
             continue

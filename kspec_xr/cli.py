@@ -36,12 +36,40 @@ __all__ = ["main"]
 
 
 def _add_calibration_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--catalog", required=True, help="standard-star catalogue (ATLAS-RefCat2 CSV)")
+    p.add_argument(
+        "--catalog",
+        required=True,
+        help="standard-star catalogue (ATLAS-RefCat2 CSV, or another survey's with --bands)",
+    )
+    p.add_argument(
+        "--bands",
+        metavar="MAP",
+        help="which catalogue columns are which filters: a preset (des, des_psf, ozdes, sdss, "
+        "panstarrs, gaiadr3, gaia_xp, legacy, legacy_north, twomass, refcat2), "
+        "COL=BAND[:SYSTEM[:ERRCOL]],... (SYSTEM AB (default), Vega or m_AB-m_cat; e.g. "
+        "g=decam2014-g,Jmag=twomass-J:Vega:e_Jmag) or a .toml file (default: ATLAS-RefCat2)",
+    )
     p.add_argument(
         "--templates", help="BOSZ directory or packed cube (default: bundled stand-in grid)"
     )
     p.add_argument(
-        "--fwhm", type=float, help="instrument FWHM in Å (default: SPECFWHM header card)"
+        "--fwhm",
+        metavar="A|measure",
+        help="instrument FWHM in Å, or 'measure' (default: the SPECFWHM header card; without "
+        "one, measured from the standards)",
+    )
+    p.add_argument(
+        "--no-fwhm-check",
+        dest="check_fwhm",
+        action="store_false",
+        help="do not measure a given FWHM on the standards to check it (faster)",
+    )
+    p.add_argument(
+        "--no-redden",
+        dest="redden",
+        action="store_false",
+        help="do not redden the standards' models (default: E(B-V) from the catalogue, else "
+        "fitted to the colours)",
     )
     p.add_argument("--metric", choices=("chi2", "huber"), default="chi2", help="template score")
     p.add_argument("--smooth", action="store_true", help="Savitzky-Golay smooth the calibration")
@@ -60,6 +88,21 @@ def _add_calibration_options(p: argparse.ArgumentParser) -> None:
         metavar="NAME=VALUE",
         help="change a threshold of the standard-star gating, e.g. --gate zp_limit=0.2 "
         "(names: see kspec_xr.gating.GATE_DEFAULTS); repeatable",
+    )
+    medium = p.add_mutually_exclusive_group()
+    medium.add_argument(
+        "--air",
+        dest="medium",
+        action="store_const",
+        const="air",
+        help="the wavelengths are in air (default: what CTYPE1 declares, AWAV|WAVE, else air)",
+    )
+    medium.add_argument(
+        "--vacuum",
+        dest="medium",
+        action="store_const",
+        const="vacuum",
+        help="the wavelengths are in vacuum",
     )
 
 
@@ -115,16 +158,47 @@ def _gating(items: list[str]) -> dict[str, float]:
     return out
 
 
+def _bands(text: str | None):
+    """``--bands``: None, a preset name, or the BandMap of COL=BAND,... or of a TOML file.
+
+    Checked here, before any work; a file's map is read here so that batch
+    workers do not need the file.
+    """
+    if text is None:
+        return None
+    from ._base.bandmap import PRESETS, resolve_bands  # deferred: imports numpy
+
+    layouts, name = resolve_bands(text)
+    return name if name in PRESETS and text.strip().lower() == name else layouts[0]
+
+
+def _fwhm(text: str | None):
+    """--fwhm: None, a positive number of Å, or 'measure'."""
+    if text is None or text.strip().lower() == "measure":
+        return None if text is None else "measure"
+    try:
+        value = float(text)
+    except ValueError:
+        raise KspecError(f"--fwhm {text!r} is neither a FWHM in Å nor 'measure'") from None
+    if not value > 0 or value == float("inf"):
+        raise KspecError(f"--fwhm must be a positive FWHM in Å, not {text}")
+    return value
+
+
 def _calibration_options(args) -> dict:
     """The options of :func:`kspec_xr.flux_calibrate` given on the command line."""
     return {
+        "bands": _bands(args.bands),
         "templates": args.templates,
-        "fwhm": args.fwhm,
+        "fwhm": _fwhm(args.fwhm),
+        "check_fwhm": args.check_fwhm,
+        "redden": args.redden,
         "metric": args.metric,
         "smooth": args.smooth,
         "match": args.match,
         "radius": args.match_radius,
         "gating": _gating(args.gate),
+        "wavelength_medium": args.medium,
     }
 
 

@@ -20,6 +20,7 @@ import xarray as xr
 from ._base.errors import CalibrationError
 from ._base.maskbits import bit
 from .io import open_red
+from .stages.medium import resolve_medium, vacuum_wavelength
 
 __all__ = ["nightly_transfer", "NIGHTLY_NAME"]
 
@@ -54,7 +55,9 @@ def nightly_transfer(exposures: Iterable, /, *, sigma: float = 3.0) -> xr.Datase
     xr.Dataset
         ``calibration``, ``calibration_variance``, ``calibration_rms``
         (fractional RMS across exposures) and ``calibration_mask`` on
-        ``wavelength`` (the first exposure's grid); ``exposure_scale`` (each
+        ``wavelength`` (the first exposure's grid, in its medium: ``medium``
+        attribute; the exposures are matched on vacuum wavelengths, each in
+        the medium its calibration used); ``exposure_scale`` (each
         exposure's calibration over the nightly one, median over good pixels:
         1 = typical, > 1 = less light got through), ``exposure_used`` and
         ``exposure_name`` on ``exposure``.
@@ -77,12 +80,15 @@ def nightly_transfer(exposures: Iterable, /, *, sigma: float = 3.0) -> xr.Datase
         raise CalibrationError("no exposure given to combine")
     names = [n for n, _ in items]
     wave = items[0][1]["wavelength"].values
+    medium, _ = resolve_medium(items[0][1])
+    # exposures meet on vacuum wavelengths (one may be in air, another in vacuum)
+    vacuum = vacuum_wavelength(items[0][1]).values
     cal_rows, var_rows, good_rows = [], [], []
     for _, ds in items:
-        w = ds["wavelength"].values
-        c = np.interp(wave, w, ds["calibration"].values, left=np.nan, right=np.nan)
-        v = np.interp(wave, w, ds["calibration_variance"].values, left=np.nan, right=np.nan)
-        m = np.interp(wave, w, ds["calibration_mask"].values, left=1, right=1)
+        w = vacuum_wavelength(ds).values
+        c = np.interp(vacuum, w, ds["calibration"].values, left=np.nan, right=np.nan)
+        v = np.interp(vacuum, w, ds["calibration_variance"].values, left=np.nan, right=np.nan)
+        m = np.interp(vacuum, w, ds["calibration_mask"].values, left=1, right=1)
         bad = bit("TELLURIC", "CALIB_INTERP", "CALIB_INVALID")
         cal_rows.append(c)
         var_rows.append(v)
@@ -141,6 +147,6 @@ def nightly_transfer(exposures: Iterable, /, *, sigma: float = 3.0) -> xr.Datase
             "exposure_used": ("exposure", used),
             "exposure_name": ("exposure", np.array(names, dtype=str)),
         },
-        coords={"wavelength": ("wavelength", wave, {"units": "Angstrom"})},
-        attrs={"n_exposures": int(used.sum())},
+        coords={"wavelength": ("wavelength", wave, {"units": "Angstrom", "medium": medium})},
+        attrs={"n_exposures": int(used.sum()), "wavelength_medium": medium},
     )

@@ -21,9 +21,10 @@ import xarray as xr
 
 from ._base.errors import CalibrationError, KspecError, OutputExistsError, RedFileError
 from ._base.paths import same_file
-from ._base.provenance import primary_header
-from ._base.schema import FLUX_UNITS, standard_reasons
+from ._base.provenance import add_history, primary_header
+from ._base.schema import FLUX_UNITS, source_name, standard_reasons
 from .io import calibration_summary, open_red, write_red
+from .kernels.lsf import round_fwhm
 from .stages import (
     GATE_DEFAULTS,
     apply_calibration,
@@ -31,12 +32,22 @@ from .stages import (
     combine_calibrations,
     fit_standards,
     gate_standards,
+    header_fwhm,
+    measure_resolution,
+    measured_fwhm,
     scale_to_photometry,
     select_standards,
     star_calibrations,
 )
+from .templates import PreparedTemplates
 
-__all__ = ["flux_calibrate", "calibrate_file", "CalibrationResult", "apply_fluxcal"]
+__all__ = [
+    "flux_calibrate",
+    "fit_at_resolution",
+    "calibrate_file",
+    "CalibrationResult",
+    "apply_fluxcal",
+]
 
 
 def flux_calibrate(
@@ -44,6 +55,7 @@ def flux_calibrate(
     /,
     *,
     catalog,
+    bands=None,
     templates=None,
     fwhm=None,
     metric: str = "chi2",
@@ -56,6 +68,9 @@ def flux_calibrate(
     sigma: float = 3.0,
     min_stars: int = 2,
     cache=True,
+    wavelength_medium=None,
+    check_fwhm: bool = True,
+    redden: bool = True,
 ) -> xr.Dataset:
     """Flux-calibrate an exposure with its standard stars.
 
@@ -70,11 +85,27 @@ def flux_calibrate(
         An exposure from :func:`kspec_xr.open_red` (eager or chunked).
     catalog : path, pandas.DataFrame, astropy.table.Table or xr.Dataset
         Standard-star catalogue (ATLAS-RefCat2 CSV, a table with its columns,
-        or :func:`read_catalog` output).
+        another survey's catalogue with ``bands``, or :func:`read_catalog`
+        output).
+    bands : None, str, mapping, path or BandMap
+        The catalogue's band map, as for :func:`kspec_xr.read_catalog`:
+        ``None`` (RefCat2), a preset name (``"des"``, ``"ozdes"``,
+        ``"gaiadr3"``, …), ``{column: (band, system, error_column)}``,
+        ``"COL=BAND[:SYSTEM[:ERROR]],..."`` or a ``.toml`` file.
     templates : None, path, xr.DataArray or kx.PreparedTemplates
         Template grid (``None``: the bundled stand-in grid) or a prepared grid.
-    fwhm : float, optional
-        Instrument FWHM in Å (default: ``SPECFWHM`` from the header).
+    fwhm : float, polynomial coefficients, callable or "measure", optional
+        Instrument FWHM in Å (a constant, coefficients in λ lowest order
+        first, or a function of λ).  Default: ``SPECFWHM`` from the header,
+        and where the header has none, measured from the standards
+        (:func:`fit_at_resolution`); ``"measure"`` always measures it.
+    check_fwhm : bool
+        Measure the FWHM from the standards also when it is given, and warn
+        (``FCALWARN``, HISTORY, QC) when the given one is more than 25 % off.
+    redden : bool
+        Redden each standard's model by its E(B−V): the catalogue's (an
+        E(B−V) column, or RefCat2's ``Ag``/``AGaia``), else fitted to the
+        colours with Teff (0–0.5); law G23, R_V = 3.1.  False: no dust.
     metric : {"chi2", "huber"}
     smooth : bool
         Savitzky–Golay smoothing of the combined calibration.
@@ -97,6 +128,13 @@ def flux_calibrate(
         Fewest agreeing stars that make a pixel of the calibration.
     cache : bool or path
         Cache of prepared template grids.
+    wavelength_medium : {None, "air", "vacuum"}
+        Medium of the exposure's wavelengths.  None: what the file declares
+        (``CTYPE1 = 'AWAV'`` air, ``'WAVE'`` vacuum), else **air** (2dfdr's
+        solutions are in air and say nothing).  An option that contradicts
+        the file warns and wins.  The pixels' vacuum wavelengths meet the
+        templates and masks; the output keeps the input's grid and records
+        the medium (``FCALMED``).  See :mod:`kspec_xr.stages.medium`.
 
     Returns
     -------
@@ -114,23 +152,130 @@ def flux_calibrate(
         raise TypeError(
             f"unknown gating option(s) {', '.join(unknown)}; known: {', '.join(GATE_DEFAULTS)}"
         )
+    base = ds.pipe(select_standards).pipe(
+        associate_catalog, catalog, method=match, radius=radius, bands=bands
+    )
+    fitted = fit_at_resolution(
+        base,
+        templates,
+        fwhm=fwhm,
+        check_fwhm=check_fwhm,
+        redden=redden,
+        metric=metric,
+        mask_regions=mask_regions,
+        cache=cache,
+        wavelength_medium=wavelength_medium,
+    )
     return (
-        ds.pipe(select_standards)
-        .pipe(associate_catalog, catalog, method=match, radius=radius)
+        fitted.pipe(scale_to_photometry)
         .pipe(
-            fit_standards,
-            templates,
-            fwhm=fwhm,
-            metric=metric,
+            star_calibrations,
             mask_regions=mask_regions,
-            cache=cache,
+            mask_lines=mask_lines,
+            wavelength_medium=wavelength_medium,
         )
-        .pipe(scale_to_photometry)
-        .pipe(star_calibrations, mask_regions=mask_regions, mask_lines=mask_lines)
         .pipe(gate_standards, **gating)
         .pipe(combine_calibrations, sigma=sigma, smooth=smooth, min_stars=min_stars)
         .pipe(apply_calibration)
     )
+
+
+#: passes of fit → measure at most, when the FWHM is measured
+MEASURE_PASSES = 4
+
+
+def fit_at_resolution(
+    ds: xr.Dataset,
+    /,
+    templates=None,
+    *,
+    fwhm=None,
+    check_fwhm: bool = True,
+    **fit_options,
+) -> xr.Dataset:
+    """:func:`kspec_xr.fit_standards` at the instrument FWHM, measured when not given.
+
+    ``fwhm`` given (or ``SPECFWHM`` in the header): one fit at it, then, with
+    ``check_fwhm``, the FWHM measured on the fitted standards
+    (:func:`kspec_xr.stages.measure_resolution`, lazy) for the writer's check.
+    Otherwise (no ``SPECFWHM``, or ``fwhm="measure"``) the FWHM is measured
+    from the standards: a fit at 3 pixels, the FWHM measured on its stars, a
+    fit at that, and so on (secant steps) until the measurement agrees with
+    the FWHM of the fit within 3 % (at most :data:`MEASURE_PASSES` fits: the
+    stars' line strengths and the resolution trade off, so a measurement made
+    on a fit at the wrong width is biased towards that width).  Measured
+    FWHMs are rounded to 2 % steps, so that the exposures of one setup share
+    a prepared grid.  This path computes the standards' fits.
+
+    The result carries ``fwhm_used`` (median Å over the spectrum) and
+    ``fwhm_source`` as attributes.
+
+    Raises
+    ------
+    CalibrationError
+        No standard gave a measurement (the message says to pass ``fwhm``).
+    """
+    measure = isinstance(fwhm, str)
+    if measure and fwhm != "measure":
+        raise ValueError(
+            f"fwhm must be a number, coefficients, a callable or 'measure', not {fwhm!r}"
+        )
+    if fwhm is None:
+        fwhm = header_fwhm(ds, required=False)
+        source = "SPECFWHM header card"
+        measure = fwhm is None
+    else:
+        source = "given (fwhm option)"
+    measure_options = {
+        k: v for k, v in fit_options.items() if k in ("mask_regions", "cache", "wavelength_medium")
+    }
+    if not measure:
+        fitted = fit_standards(ds, templates, fwhm=fwhm, **fit_options)
+        if check_fwhm and not isinstance(templates, PreparedTemplates):
+            # (a grid prepared by the caller is for the FWHM they chose: not re-checked)
+            fitted = measure_resolution(fitted, templates, **measure_options)
+        return fitted.assign_attrs(
+            fwhm_used=float(fitted.attrs["fit_fwhm_median"]), fwhm_source=source
+        )
+    wave = np.asarray(ds["wavelength"].values, dtype=float)
+    trial = round_fwhm(3.0 * float(np.median(np.diff(wave))))
+    tried: list[tuple[float, float]] = []
+    for _ in range(MEASURE_PASSES):
+        fitted = fit_standards(ds, templates, fwhm=trial, **fit_options)
+        fitted = measure_resolution(fitted, templates, **measure_options)
+        found = measured_fwhm(fitted)
+        if not np.isfinite(found["fwhm"]):
+            raise CalibrationError(
+                f"{source_name(ds)}: the header has no SPECFWHM and the instrument FWHM could not "
+                "be measured on any standard star; pass fwhm=... (CLI --fwhm, CALIBFLUX_FWHM)"
+            )
+        tried.append((trial, found["fwhm"]))
+        if abs(found["fwhm"] / trial - 1.0) < 0.03:
+            break
+        trial = round_fwhm(_next_trial(tried))
+    passes = ", ".join(f"{a:.3g} -> {b:.3g}" for a, b in tried)
+    return add_history(
+        fitted.assign_attrs(
+            fwhm_used=float(tried[-1][0]),
+            fwhm_source=f"measured on {found['n']} standards",
+            fwhm_passes=passes,
+        ),
+        f"fit_at_resolution: FWHM measured on {found['n']} standards (fit FWHM -> measured, A: "
+        f"{passes})",
+    )
+
+
+def _next_trial(tried: list[tuple[float, float]]) -> float:
+    """The next FWHM to fit at: the measurement, or the secant's fixed point m(f) = f."""
+    f1, m1 = tried[-1]
+    if len(tried) >= 2:
+        f0, m0 = tried[-2]
+        if f1 != f0:
+            slope = (m1 - m0) / (f1 - f0)
+            if 0.0 <= slope < 0.9:
+                guess = m1 + slope * (m1 - f1) / (1.0 - slope)
+                return float(np.clip(guess, 0.5 * m1, 2.0 * m1))
+    return float(m1)
 
 
 @dataclass
@@ -296,9 +441,13 @@ def apply_fluxcal(red_filename: str | os.PathLike, args: dict) -> bool:
         RED file, replaced atomically by its calibrated version.
     args : dict
         ``CALIBFLUX`` (do nothing unless true), ``CALIBFLUX_CATALOG`` (path,
-        required), ``CALIBFLUX_FWHM`` (Å; falls back to ``SPECFWHM``),
+        required), ``CALIBFLUX_BANDS`` (the catalogue's band map: a preset
+        name, ``COL=BAND[:SYSTEM[:ERROR]],...`` or a ``.toml`` path; default
+        RefCat2), ``CALIBFLUX_FWHM`` (Å; falls back to ``SPECFWHM``),
         ``CALIBFLUX_METRIC`` (``chi2`` | ``huber``), ``CALIBFLUX_SMOOTH``,
-        and optionally ``CALIBFLUX_TEMPLATES`` (grid path).
+        and optionally ``CALIBFLUX_TEMPLATES`` (grid path) and
+        ``CALIBFLUX_MEDIUM`` (``air`` | ``vacuum``: the medium of the file's
+        wavelengths; default: what ``CTYPE1`` declares, else air).
 
     Returns
     -------
@@ -314,13 +463,17 @@ def apply_fluxcal(red_filename: str | os.PathLike, args: dict) -> bool:
         )
     fwhm = args.get("CALIBFLUX_FWHM")
     fwhm = float(fwhm) if fwhm not in (None, "", 0, "0") else None
+    medium = args.get("CALIBFLUX_MEDIUM")
+    medium = str(medium).strip().lower() if medium not in (None, "") else None
     calibrate_file(
         red_filename,
         in_place=True,
         catalog=catalog,
+        bands=args.get("CALIBFLUX_BANDS") or None,
         templates=args.get("CALIBFLUX_TEMPLATES"),
         fwhm=fwhm,
         metric=str(args.get("CALIBFLUX_METRIC", "chi2")).lower(),
         smooth=_truthy(args.get("CALIBFLUX_SMOOTH", False)),
+        wavelength_medium=medium,
     )
     return True

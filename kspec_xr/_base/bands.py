@@ -37,7 +37,10 @@ __all__ = [
     "to_ab",
 ]
 
-#: Filters this module knows, by speclite name (``group-band``).
+#: Filters this module knows, by speclite name (``group-band``).  ``decamDR1-*``:
+#: the DES DR1 standard bandpasses (Abbott et al. 2018, ApJS 239, 18, with a
+#: reference airmass-1.2 atmosphere); ``BASS-g``, ``BASS-r``, ``MzLS-z``: the
+#: Legacy Surveys' northern cameras (all AB).
 KNOWN_BANDS: tuple[str, ...] = (
     *(f"panstarrs-{b}" for b in "grizy"),
     *(f"gaiadr2-{b}" for b in ("G", "BP", "RP")),
@@ -45,6 +48,10 @@ KNOWN_BANDS: tuple[str, ...] = (
     *(f"twomass-{b}" for b in ("J", "H", "Ks")),
     *(f"sdss2010-{b}" for b in "ugriz"),
     *(f"decam2014-{b}" for b in "grizY"),
+    *(f"decamDR1-{b}" for b in "grizY"),
+    "BASS-g",
+    "BASS-r",
+    "MzLS-z",
 )
 
 #: m_AB - m_Vega for every band whose catalogue magnitudes are Vega-based.
@@ -68,7 +75,8 @@ VEGA_TO_AB: Mapping[str, float] = MappingProxyType(
         "twomass-Ks": 1.85,
         # SDSS u and z are known to sit ~-0.04 and ~+0.02 mag off AB
         # (u_AB = u_SDSS - 0.04, z_AB = z_SDSS + 0.02); those small offsets
-        # are deliberately *not* applied: sdss2010-* are treated as AB.
+        # are *not* applied here (sdss2010-* are AB), but the "sdss" band-map
+        # preset applies them (kspec_xr._base.bandmap.SDSS_AB_OFFSETS).
     }
 )
 
@@ -88,6 +96,11 @@ COLOR_PAIRS: tuple[tuple[str, str], ...] = (
     ("decam2014-g", "decam2014-r"),
     ("decam2014-r", "decam2014-i"),
     ("decam2014-i", "decam2014-z"),
+    ("decamDR1-g", "decamDR1-r"),
+    ("decamDR1-r", "decamDR1-i"),
+    ("decamDR1-i", "decamDR1-z"),
+    ("BASS-g", "BASS-r"),
+    ("BASS-r", "MzLS-z"),
 )
 
 #: Bits of the ``teff_color_flag`` variable written by :func:`kspec_xr.teff_from_colors`.

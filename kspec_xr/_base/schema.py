@@ -39,6 +39,11 @@ __all__ = [
     "RAW_ATTR",
     "ORDER_ATTR",
     "HISTORY_ATTR",
+    "MEDIA",
+    "MEDIUM_ATTR",
+    "MEDIUM_SOURCE_ATTR",
+    "DS_MEDIUM_ATTR",
+    "DS_MEDIUM_SOURCE_ATTR",
     "StandardStatus",
     "FitStatus",
     "status_attrs",
@@ -66,6 +71,16 @@ COLUMN_ATTR = "fits_column"
 RAW_ATTR = "fits_raw_of"
 ORDER_ATTR = "fits_hdu_order"
 HISTORY_ATTR = "history"
+
+# The medium of the wavelengths, "air" or "vacuum" (see kspec_xr.stages.medium):
+# as the file declares it (attrs of the ``wavelength`` coordinate, set by the reader
+# from CTYPEn; absent when the file does not say) and as a calibration used it
+# (Dataset attrs, set by the stages, written as FCALMED).
+MEDIA = ("air", "vacuum")
+MEDIUM_ATTR = "medium"
+MEDIUM_SOURCE_ATTR = "medium_source"
+DS_MEDIUM_ATTR = "wavelength_medium"
+DS_MEDIUM_SOURCE_ATTR = "wavelength_medium_source"
 
 
 #: diagnostic variable on the Dataset -> key of ``reason_text``'s ``d``

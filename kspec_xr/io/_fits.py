@@ -31,7 +31,15 @@ from astropy.io import fits
 
 from .._base import maskbits
 from .._base.errors import RedFileError
-from .._base.schema import COLUMN_ATTR, HDU_ATTR, HEADER_ATTR, ORDER_ATTR, RAW_ATTR
+from .._base.schema import (
+    COLUMN_ATTR,
+    HDU_ATTR,
+    HEADER_ATTR,
+    MEDIUM_ATTR,
+    MEDIUM_SOURCE_ATTR,
+    ORDER_ATTR,
+    RAW_ATTR,
+)
 
 __all__ = [
     "BLOCK",
@@ -60,6 +68,7 @@ _DEGREES = {"deg", "degree", "degrees"}
 #: extra image HDUs whose 1-D axis is ambiguous when fibers == pixels
 _SPECTRAL_HDUS, _FIBER_HDUS = {"SKY"}, {"THPUT"}
 _MANAGED = {"units", "long_name", HEADER_ATTR, HDU_ATTR, COLUMN_ATTR, RAW_ATTR}
+_MANAGED |= {MEDIUM_ATTR, MEDIUM_SOURCE_ATTR}  # the reader takes them from CTYPEn
 _MANAGED |= set(maskbits.flag_attrs())
 _MANAGED_DS = {HEADER_ATTR, ORDER_ATTR}
 #: primary card: how many lines of ``attrs["history"]`` the header holds as HISTORY cards
@@ -205,6 +214,36 @@ def _wcs_wavelength(header: fits.Header, npix: int, axis: int) -> np.ndarray | N
     if unit and unit.lower() not in {"angstrom", "angstroms", "a"}:
         wave = wave * u.Unit(unit).to(u.AA)
     return wave
+
+
+#: spectral CTYPEn of the FITS WCS (Greisen et al. 2006, paper III) -> medium
+_CTYPE_MEDIUM = {"AWAV": "air", "WAVE": "vacuum"}
+_MEDIUM_CTYPE = {medium: ctype for ctype, medium in _CTYPE_MEDIUM.items()}
+
+
+def _wcs_medium(header: fits.Header, axis: int) -> str | None:
+    """'air' / 'vacuum' as ``CTYPE{axis}`` declares it (``AWAV``, ``WAVE-LOG``, …), else None.
+
+    2dfdr writes ``'Wavelength'``, which does not say: None.
+    """
+    ctype = str(header.get(f"CTYPE{axis}", "")).strip().upper()
+    return _CTYPE_MEDIUM.get(ctype.split("-", 1)[0]) if ctype[4:5] in ("", "-") else None
+
+
+def _declare_medium(header: fits.Header, axis: int, medium) -> None:
+    """Set ``CTYPE{axis}`` to ``medium`` if it declares another one (or none).
+
+    The algorithm code (``-LOG``) is kept; a header that already says
+    ``medium`` is left alone, so a plain round trip changes nothing.
+    """
+    if medium not in _MEDIUM_CTYPE or _wcs_medium(header, axis) == medium:
+        return
+    ctype = str(header.get(f"CTYPE{axis}", "")).strip().upper()
+    if _wcs_medium(header, axis) is not None:
+        suffix = ctype[4:]  # the other medium's algorithm code
+    else:
+        suffix = "-LOG" if ctype.endswith("-LOG") else ""
+    header[f"CTYPE{axis}"] = (_MEDIUM_CTYPE[medium] + suffix, f"{medium} wavelengths (FITS WCS)")
 
 
 #: keywords whose value follows from the data (taken from astropy's header)

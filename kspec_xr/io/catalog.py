@@ -1,4 +1,4 @@
-"""Standard-star catalogue reader (ATLAS-RefCat2 CSV).
+"""Standard-star catalogue reader (ATLAS-RefCat2 CSV, or any survey through a band map).
 
 :func:`read_catalog` turns a RefCat2 CSV (Tonry et al. 2018, ApJ 867, 105) --
 as written by the MAST/CasJobs or ATLAS query services, with a header line and
@@ -14,6 +14,13 @@ column until June 2022; files retrieved before then have a wrong H.)
 
 The scaled-integer tiles of the original distribution (``rrr+dd.rc2``, no
 header, millimag / 1e-8 deg units) are not read: convert them first.
+
+Other surveys (DES, SDSS, Pan-STARRS1 DR2, Gaia DR3, Gaia XP synthetic
+photometry, Legacy Surveys, 2MASS, …) are read through a band map
+(``bands=``: a preset name, a ``{column: band spec}`` mapping, a
+``COL=BAND,...`` string or a TOML file; see :mod:`kspec_xr._base.bandmap`).
+Every catalogue also gets a per-star E(B−V) (``ebv``, ``ebv_source``) when it
+has one (an E(B−V) column, or RefCat2's ``Ag`` / ``AGaia``).
 """
 
 from __future__ import annotations
@@ -24,12 +31,22 @@ import os
 import re
 import warnings
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
 import xarray as xr
 
-from .._base.bands import ab_offset
+from .._base.bandmap import (
+    EBV_COLUMNS,
+    MAG_PER_SNR,
+    PRESETS,
+    BandMap,
+    BandSpec,
+    resolve_bands,
+    with_options,
+)
+from .._base.dust import EBV_MAX, band_ratio
 from .._base.errors import CatalogError, KspecWarning
 
 __all__ = [
@@ -48,18 +65,10 @@ REFCAT2_COLUMNS: tuple[str, ...] = (
     "icontrib", "z", "dz", "zchi", "zcontrib", "nstat", "J", "dJ", "H", "dH", "K", "dK",
 )  # fmt: skip
 
-#: (magnitude column, error column, speclite band), in the order of the ``band`` dim.
-REFCAT2_PHOTOMETRY: tuple[tuple[str, str, str], ...] = (
-    ("Gaia", "dGaia", "gaiadr2-G"),
-    ("BP", "dBP", "gaiadr2-BP"),
-    ("RP", "dRP", "gaiadr2-RP"),
-    ("g", "dg", "panstarrs-g"),
-    ("r", "dr", "panstarrs-r"),
-    ("i", "di", "panstarrs-i"),
-    ("z", "dz", "panstarrs-z"),
-    ("J", "dJ", "twomass-J"),
-    ("H", "dH", "twomass-H"),
-    ("K", "dK", "twomass-Ks"),
+#: (magnitude column, error column, speclite band), in the order of the ``band`` dim
+#: (the band map of preset ``refcat2``, :data:`kspec_xr._base.bandmap.PRESETS`).
+REFCAT2_PHOTOMETRY: tuple[tuple[str, str, str], ...] = tuple(
+    (s.column, str(s.error), s.band) for s in PRESETS["refcat2"].layouts[0].bands
 )
 
 #: (RA, Dec) column pairs recognised as positions, in order of preference; names
@@ -72,6 +81,7 @@ COORDINATE_COLUMNS: tuple[tuple[str, str], ...] = (
     ("ALPHA_J2000", "DELTA_J2000"),
     ("RAdeg", "DEdeg"),
     ("RA_deg", "Dec_deg"),
+    ("raMean", "decMean"),
 )
 
 #: A magnitude at or above this, or an error at or above ``ERR_SENTINEL``, means "missing".
@@ -100,7 +110,10 @@ _UNITS = {
     **{f"{b}contrib": "1" for b in "griz"},
 }
 _CASE_EXACT = {c for b in "grizJHK" for c in (b, f"d{b}")}
-_RESERVED = {"star", "band", "mag", "mag_err", "ra", "dec", "objid", "ab_offset", "source_column"}
+_RESERVED = {
+    "star", "band", "mag", "mag_err", "ra", "dec", "objid", "ab_offset", "source_column",
+    "error_column", "mag_system", "mag_err_default", "ebv", "ebv_source",
+}  # fmt: skip
 _NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$|^[+-]?(nan|inf)$", re.IGNORECASE)
 _INTEGER = re.compile(r"^[+-]?\d+$")
 
@@ -248,28 +261,197 @@ def _to_best(series: pd.Series) -> np.ndarray:
     return cells.to_numpy(dtype=str)
 
 
-def _photometry(
-    frame: pd.DataFrame, where: str
-) -> tuple[list[str], list[str], np.ndarray, np.ndarray]:
-    bands, sources, mags, errs = [], [], [], []
-    for mag_col, err_col, band in REFCAT2_PHOTOMETRY:
-        if mag_col not in frame:
-            continue
-        if err_col not in frame:
+def _resolve(columns: list[str], name: str | None, fold: bool = True) -> str | None:
+    """The column called ``name``: exact, else (``fold``) the only one equal to it ignoring case."""
+    if name is None:
+        return None
+    if name in columns or not fold:
+        return name if name in columns else None
+    matches = [c for c in columns if c.lower() == name.lower()]
+    return matches[0] if len(matches) == 1 else None
+
+
+def _found(columns: list[str]) -> str:
+    return ", ".join(map(repr, columns[:30])) + (", ..." if len(columns) > 30 else "")
+
+
+def _choose_layout(
+    columns: list[str], layouts: tuple[BandMap, ...], where: str, fold: bool = True
+) -> BandMap | None:
+    """The first layout whose columns are there (a user's map: all of them, or an error)."""
+    for bm in layouts:
+        if bm.require_all:
+            for spec in bm.bands:
+                for col in spec.columns():
+                    if _resolve(columns, col, fold) is None:
+                        raise CatalogError(
+                            f"catalogue {where} has no column {col!r} (band map {bm.name!r}, "
+                            f"band {spec.band}); columns found: {_found(columns)}"
+                        )
+            return bm
+        if any(_resolve(columns, s.column, fold) for s in bm.bands):
+            return bm
+    return None
+
+
+def _sigma(spec: BandSpec, err: np.ndarray, flux: np.ndarray | None) -> np.ndarray:
+    """1σ magnitude errors from an error column of kind ``spec.error_kind`` (NaN: none)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if spec.error_kind == "mag":
+            return err
+        if spec.error_kind == "snr":
+            return np.where(err > 0, MAG_PER_SNR / err, np.nan)
+        if flux is None:  # BandSpec names a flux column for ivar / flux_error
+            return np.full(err.shape, np.nan)
+        ok = (err > 0) & (flux > 0)
+        if spec.error_kind == "ivar":
+            return np.where(ok, MAG_PER_SNR / (flux * np.sqrt(np.where(ok, err, 1.0))), np.nan)
+        return np.where(ok, MAG_PER_SNR * err / flux, np.nan)  # flux_error
+
+
+class _Photometry(NamedTuple):
+    bands: list[str]
+    sources: list[str]
+    errors: list[str]
+    offsets: list[float]
+    systems: list[str]
+    mag: np.ndarray
+    err: np.ndarray
+    default: np.ndarray
+    consumed: set[str]
+
+
+def _photometry(frame: pd.DataFrame, where: str, bm: BandMap, fold: bool = True) -> _Photometry:
+    """AB magnitudes, errors and default-error flags (star, band) through the band map.
+
+    ``fold``: match column names ignoring case (not for RefCat2, whose ``g``
+    and ``G`` differ; its case variants are renamed beforehand).
+    """
+    columns = [str(c) for c in frame.columns]
+    n = len(frame)
+    empty = np.empty((n, 0))
+    out = _Photometry([], [], [], [], [], empty, empty, empty, set())
+    mags, errs, defaults = [], [], []
+    for spec in bm.bands:
+        for name in spec.columns():
+            found = _resolve(columns, name, fold)
+            if found is not None:
+                out.consumed.add(found)
+        col = _resolve(columns, spec.column, fold)
+        if col is None:
+            continue  # a preset's band this catalogue does not have
+        err_col = _resolve(columns, spec.error, fold)
+        flux_col = _resolve(columns, spec.flux_column, fold)
+        if spec.error is not None and (err_col is None or (spec.flux_column and flux_col is None)):
+            absent = spec.error if err_col is None else str(spec.flux_column)
+            if bm.default_error is None:
+                raise CatalogError(
+                    f"catalogue {where} has magnitude column {col!r} but no error column "
+                    f"{absent!r}; add {absent!r} ({bm.name} layout) or remove {col!r}"
+                )
+            err_col = None  # a preset's error column the catalogue lacks: the default error
+        raw = _to_float(frame[col])
+        if spec.unit == "nanomaggy":
+            good = np.isfinite(raw) & (raw > 0)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                mag = 22.5 - 2.5 * np.log10(np.where(good, raw, 1.0))
+        else:
+            mag = raw
+            good = np.isfinite(mag) & (np.abs(mag) < MAG_SENTINEL)
+            if bm.zero_missing:
+                good &= mag != 0
+        if err_col is not None:
+            flux = None if flux_col is None else _to_float(frame[flux_col])
+            sigma = _sigma(spec, _to_float(frame[err_col]), flux)
+        else:
+            sigma = np.full(n, np.nan)
+        finite = np.isfinite(sigma)
+        has_err = finite & ((sigma > 0) if bm.zero_missing else (sigma >= 0))
+        worthless = finite & (sigma >= ERR_SENTINEL)  # the survey's "no measurement"
+        good &= ~worthless
+        has_err &= ~worthless
+        if bm.default_error is None:
+            good &= has_err
+            default = np.zeros(n, dtype=bool)
+        else:
+            default = good & ~has_err
+            sigma = np.where(default, bm.default_error, sigma)
+        mags.append(np.where(good, mag + spec.offset, np.nan))
+        errs.append(np.where(good, sigma, np.nan))
+        defaults.append(default)
+        out.bands.append(spec.band)
+        out.sources.append(col)
+        out.errors.append(err_col or "")
+        out.offsets.append(spec.offset)
+        out.systems.append(spec.system)
+    if not mags:
+        return out
+    return out._replace(
+        mag=np.stack(mags, axis=-1), err=np.stack(errs, axis=-1), default=np.stack(defaults, -1)
+    )
+
+
+def _reddening(frame: pd.DataFrame, where: str, bm: BandMap) -> tuple[np.ndarray, np.ndarray]:
+    """Per-star E(B−V) (mag, NaN: none) and where each came from ('' : nowhere).
+
+    In order, per star: the E(B−V) column (``bm.ebv_column``, else the first
+    of :data:`EBV_COLUMNS` present), RefCat2's ``Ag`` / band_ratio(PS1 g),
+    ``AGaia`` / band_ratio(Gaia DR2 G).  Values below 0, non-finite, |v| ≥ 99
+    or above :data:`kspec_xr._base.dust.EBV_MAX` are not taken (the next
+    source is tried); those above EBV_MAX are named in a warning.  RefCat2
+    writes Ag = AGaia = 0 where it gives no extinction: both zero (or one zero,
+    the other blank) is "none".
+    """
+    columns = [str(c) for c in frame.columns]
+    n = len(frame)
+    ebv = np.full(n, np.nan)
+    source = np.full(n, "", dtype=object)
+    high = np.zeros(n, dtype=bool)
+
+    def clean(values: np.ndarray) -> np.ndarray:
+        return np.where(np.isfinite(values) & (np.abs(values) < MAG_SENTINEL), values, np.nan)
+
+    def take(values: np.ndarray, label: str) -> None:
+        open_ = np.isnan(ebv)
+        high[open_ & (values > EBV_MAX)] = True
+        ok = open_ & (values >= 0) & (values <= EBV_MAX)
+        ebv[ok] = values[ok]
+        source[ok] = label
+
+    if bm.ebv_column is not None:
+        column = _resolve(columns, bm.ebv_column)
+        if column is None:
             raise CatalogError(
-                f"catalogue {where} has magnitude column {mag_col!r} but no error column "
-                f"{err_col!r}; add {err_col!r} (RefCat2 layout) or remove {mag_col!r}"
+                f"catalogue {where} has no E(B-V) column {bm.ebv_column!r} (ebv_column); "
+                f"columns found: {_found(columns)}"
             )
-        mag, err = _to_float(frame[mag_col]), _to_float(frame[err_col])
-        bad = ~np.isfinite(mag) | ~np.isfinite(err) | (mag >= MAG_SENTINEL)
-        bad |= (err >= ERR_SENTINEL) | (err < 0)
-        mags.append(np.where(bad, np.nan, mag + ab_offset(band)))
-        errs.append(np.where(bad, np.nan, err))
-        bands.append(band)
-        sources.append(mag_col)
-    if not bands:
-        return [], [], np.empty((len(frame), 0)), np.empty((len(frame), 0))
-    return bands, sources, np.stack(mags, axis=-1), np.stack(errs, axis=-1)
+    else:
+        column = next(
+            (c for c in (_resolve(columns, name) for name in EBV_COLUMNS) if c is not None), None
+        )
+    if column is not None:
+        take(clean(_to_float(frame[column])), f"ebv column {column!r}")
+    ag = clean(_to_float(frame["Ag"])) if "Ag" in columns else np.full(n, np.nan)
+    agaia = clean(_to_float(frame["AGaia"])) if "AGaia" in columns else np.full(n, np.nan)
+    zero_ag, zero_agaia = ag == 0, agaia == 0
+    none_given = (zero_ag | np.isnan(ag)) & (zero_agaia | np.isnan(agaia)) & (zero_ag | zero_agaia)
+    ag[none_given] = np.nan
+    agaia[none_given] = np.nan
+    if np.isfinite(ag).any():
+        take(ag / band_ratio("panstarrs-g"), "RefCat2 Ag (PS1 g)")
+    if np.isfinite(agaia).any():
+        take(agaia / band_ratio("gaiadr2-G"), "RefCat2 AGaia (Gaia G)")
+    rows = np.flatnonzero(high)
+    if rows.size:
+        shown = ", ".join(str(int(r)) for r in rows[:10]) + (" …" if rows.size > 10 else "")
+        warnings.warn(
+            f"catalogue {where}: {rows.size} row(s) ({shown}) have an E(B-V) above {EBV_MAX} "
+            "mag (kspec_xr._base.dust.EBV_MAX); it is not used (the next source, if any, is "
+            "tried; else E(B-V) is NaN)",
+            KspecWarning,
+            stacklevel=3,
+        )
+    return ebv, np.asarray(source, dtype=str)
 
 
 def _coordinate_columns(frame: pd.DataFrame, where: str) -> tuple[str | None, str | None]:
@@ -378,15 +560,23 @@ def _frame_of(source) -> tuple[pd.DataFrame, str, str]:
 # --------------------------------------------------------------------------
 
 
-def read_catalog(source, /) -> xr.Dataset:
-    """Read an ATLAS-RefCat2 CSV of standard stars into a Dataset.
+def read_catalog(
+    source,
+    /,
+    *,
+    bands=None,
+    default_error: float | bool | None = None,
+    ebv_column: str | None = None,
+) -> xr.Dataset:
+    """Read a catalogue of standard stars (ATLAS-RefCat2, or any survey's) into a Dataset.
 
     Parameters
     ----------
     source : str, os.PathLike, pandas.DataFrame or astropy.table.Table
         A CSV (optionally gzip-compressed) with a header line of RefCat2
         column names -- any subset of :data:`REFCAT2_COLUMNS`, in any order,
-        plus any extra columns -- or a table with such columns.  Lines
+        plus any extra columns -- or a table with such columns (with
+        ``bands``: the columns the band map names).  Lines
         starting with ``#`` are comments; a commented header (``# RA,Dec,...``)
         is accepted.  Column names are stripped of blanks and matched
         case-insensitively when unambiguous.  Whitespace-separated tables
@@ -394,6 +584,23 @@ def read_catalog(source, /) -> xr.Dataset:
         :data:`COORDINATE_COLUMNS` (``RA``/``Dec``, ``RAJ2000``/``DEJ2000``,
         ``RA_ICRS``/``DE_ICRS``, ``ALPHA_J2000``/``DELTA_J2000``, …), in
         degrees or as sexagesimal strings (RA in hours).
+    bands : None, str, mapping, os.PathLike or BandMap
+        Which columns are which bands (:mod:`kspec_xr._base.bandmap`):
+        ``None`` -- ATLAS-RefCat2; a preset name (``"des"``, ``"des_psf"``,
+        ``"ozdes"``, ``"sdss"``, ``"panstarrs"``, ``"gaiadr3"``,
+        ``"gaia_xp"``, ``"legacy"``, ``"legacy_north"``, ``"twomass"``,
+        ``"refcat2"``); ``{column: band}``, ``{column: (band, system)}`` or
+        ``{column: (band, system, error_column)}`` with ``system`` ``"AB"``,
+        ``"Vega"`` or a number (m_AB − m_catalogue); the string
+        ``"COL=BAND[:SYSTEM[:ERROR]],..."``; or a ``.toml`` file.
+    default_error : float, False or None
+        Error (mag) given to magnitudes the catalogue gives no error for
+        (flagged in ``mag_err_default``); ``False``: leave such magnitudes
+        out; ``None``: the band map's (0.03 mag; 0.02 for ``ozdes``; none
+        for RefCat2).
+    ebv_column : str, optional
+        The column of E(B−V) (default: the band map's, else the first of
+        :data:`kspec_xr._base.bandmap.EBV_COLUMNS` present).
 
     Returns
     -------
@@ -401,12 +608,23 @@ def read_catalog(source, /) -> xr.Dataset:
         Dims ``star`` (0..n-1, the file's row order) and ``band``.
 
         * ``mag``, ``mag_err`` (star, band): AB magnitudes and 1σ errors
-          (``units='mag'``, ``system='AB'``).  Sentinels (mag ≥ 99, error ≥ 9,
-          negative error), empty cells and non-numeric junk give NaN in both.
+          (``units='mag'``, ``system='AB'``).  Sentinels (\\|mag\\| ≥ 99, error ≥ 9,
+          negative error; outside RefCat2 also mag = 0 and error = 0), empty
+          cells and non-numeric junk give NaN in both -- except a missing
+          error with a band map's default error, which gives that error.
+        * ``mag_err_default`` (star, band, bool): ``mag_err`` is the default
+          error (``mag_err.attrs['default_error']``), not the catalogue's.
+        * ``ebv`` (star, mag) and ``ebv_source`` (star, str): E(B−V) from
+          an E(B−V) column, else RefCat2 ``Ag`` / A_g/E(B−V), else ``AGaia`` /
+          A_G/E(B−V) (:func:`kspec_xr._base.dust.band_ratio`); NaN and ``""``
+          without one.  Values < 0 or > :data:`kspec_xr._base.dust.EBV_MAX`
+          are not taken; RefCat2's Ag = AGaia = 0 means "none given".
         * ``band`` coordinate: speclite filter names (``gaiadr2-G``,
           ``gaiadr2-BP``, ``gaiadr2-RP``, ``panstarrs-g`` … ``panstarrs-z``,
-          ``twomass-J``, ``twomass-H``, ``twomass-Ks``), only those whose column
-          is in the file; with ``source_column`` (the RefCat2 column) and
+          ``twomass-J``, ``twomass-H``, ``twomass-Ks`` for RefCat2), only those
+          whose column is in the file; with ``source_column`` (the catalogue
+          column), ``error_column`` (``""``: none, the default error),
+          ``mag_system`` (``AB``, ``Vega`` or ``offset``) and
           ``ab_offset`` (m_AB − m_catalogue added, mag) along ``band``.
         * ``ra``, ``dec`` (star) coordinates in degrees, when the table has
           positions (NaN for a row whose cell is blank or unreadable: it is
@@ -423,16 +641,20 @@ def read_catalog(source, /) -> xr.Dataset:
     CatalogError
         Missing, unreadable or binary file; no header line; zero rows; no
         photometric column at all; a magnitude column without its error column
-        (no default error is assumed); only one of RA/Dec; RA or Dec outside
-        the range of degrees; malformed rows.  The message names the file and
-        column.
+        (RefCat2: no default error is assumed); only one of RA/Dec; RA or Dec outside
+        the range of degrees; malformed rows; a band map naming an unknown
+        band (the message lists the known ones), a band twice or a column
+        the catalogue lacks (the message lists the columns found); an unknown
+        preset, or one speclite has no curves for (``skymapper``).  The
+        message names the file and column.
     TypeError
-        ``source`` is not a path, DataFrame or Table.
+        ``source`` is not a path, DataFrame or Table; ``bands`` of another type.
 
     Warns
     -----
     KspecWarning
-        Rows whose RA or Dec is blank or unreadable (named in the message).
+        Rows whose RA or Dec is blank or unreadable, rows whose E(B−V) is
+        above EBV_MAX (named in the message).
 
     Notes
     -----
@@ -440,37 +662,57 @@ def read_catalog(source, /) -> xr.Dataset:
     :data:`kspec_xr._base.bands.VEGA_TO_AB`: +0.1001 / +0.0373 / +0.3535 for
     Gaia DR2 G / BP / RP (Evans et al. 2018), +0.91 / +1.39 / +1.85 for 2MASS
     J / H / Ks (Blanton & Roweis 2007), 0 for Pan-STARRS1.  Without RA/Dec the
-    stars can still be associated with fibres by row order.
+    stars can still be associated with fibres by row order.  Other band maps
+    add their own offsets (``ab_offset``); fluxes in nanomaggies become
+    m = 22.5 − 2.5 log10 f; errors given as S/N, inverse variance or flux
+    error become σ_m = 1.0857 σ_f / f.
 
     Examples
     --------
     >>> cat = read_catalog("standards.csv")             # doctest: +SKIP
     >>> cat.mag.sel(band="gaiadr2-BP")                   # doctest: +SKIP
+    >>> des = read_catalog("des.csv", bands="des")       # doctest: +SKIP
+    >>> mine = read_catalog("stars.csv", bands={"g": "decam2014-g", "r": ("decam2014-r", "AB", "err_r")})  # doctest: +SKIP
     """
+    layouts, map_name = resolve_bands(bands)
     frame, where, origin = _frame_of(source)
-    frame = frame.rename(columns=_canonical_names(list(frame.columns)))
+    refcat2 = layouts == PRESETS["refcat2"].layouts
+    if refcat2:
+        frame = frame.rename(columns=_canonical_names(list(frame.columns)))
+    columns = [str(c) for c in frame.columns]
 
-    bands, sources, mag, mag_err = _photometry(frame, where)
-    if not bands:
-        found = ", ".join(map(repr, frame.columns[:12])) + (", ..." if frame.shape[1] > 12 else "")
-        has_any = _coordinate_columns(frame, where)[0] is not None
-        what = "none of the" if has_any else "neither RA/Dec nor any"
-        raise CatalogError(
-            f"catalogue {where} has {what} photometric columns "
-            f"({', '.join(c for c, _, _ in REFCAT2_PHOTOMETRY)}); found {found}. "
-            "Is it an ATLAS-RefCat2 CSV with a header line?"
-        )
+    bm = _choose_layout(columns, layouts, where, fold=not refcat2)
+    if bm is None:
+        raise _no_photometry(frame, columns, layouts, map_name, where, refcat2)
+    if default_error is not None:
+        bm = with_options(bm, default_error=None if default_error is False else default_error)
+    if ebv_column is not None:
+        bm = with_options(bm, ebv_column=ebv_column)
+    phot = _photometry(frame, where, bm, fold=not refcat2)
+    if not phot.bands:  # pragma: no cover - _choose_layout found a magnitude column
+        raise _no_photometry(frame, columns, layouts, map_name, where, refcat2)
+    ebv, ebv_source = _reddening(frame, where, bm)
     ra_col, dec_col = _coordinate_columns(frame, where)
     positions = _positions(frame, where)
 
     n = len(frame)
     coords: dict[str, object] = {
         "star": ("star", np.arange(n), {"long_name": "catalogue row"}),
-        "band": ("band", np.array(bands), {"long_name": "speclite filter name"}),
-        "source_column": ("band", np.array(sources), {"long_name": "RefCat2 column"}),
+        "band": ("band", np.array(phot.bands), {"long_name": "speclite filter name"}),
+        "source_column": ("band", np.array(phot.sources), {"long_name": "catalogue column"}),
+        "error_column": (
+            "band",
+            np.array(phot.errors),
+            {"long_name": "catalogue error column ('': none, the default error)"},
+        ),
+        "mag_system": (
+            "band",
+            np.array(phot.systems),
+            {"long_name": "catalogue magnitude system (AB, Vega, or an explicit offset)"},
+        ),
         "ab_offset": (
             "band",
-            np.array([ab_offset(b) for b in bands]),
+            np.array(phot.offsets, dtype=float),
             {"units": "mag", "long_name": "m_AB - m_catalogue added to the catalogue value"},
         ),
     }
@@ -480,17 +722,34 @@ def read_catalog(source, /) -> xr.Dataset:
     if "objid" in frame:
         coords["objid"] = ("star", _to_best(frame["objid"]), {"long_name": "RefCat2 object id"})
 
-    consumed = {ra_col, dec_col, "objid", *(c for m, e, _ in REFCAT2_PHOTOMETRY for c in (m, e))}
+    consumed = {ra_col, dec_col, "objid", *phot.consumed}
+    err_attrs: dict[str, object] = {
+        "units": "mag",
+        "long_name": "catalogue magnitude error (1 sigma)",
+    }
+    if bm.default_error is not None:
+        err_attrs["default_error"] = float(bm.default_error)
     data_vars: dict[str, object] = {
         "mag": (
             ("star", "band"),
-            mag,
+            phot.mag,
             {"units": "mag", "system": "AB", "long_name": "catalogue AB magnitude"},
         ),
-        "mag_err": (
+        "mag_err": (("star", "band"), phot.err, err_attrs),
+        "mag_err_default": (
             ("star", "band"),
-            mag_err,
-            {"units": "mag", "long_name": "catalogue magnitude error (1 sigma)"},
+            phot.default.astype(bool),
+            {"long_name": "mag_err is the band map's default error, not the catalogue's"},
+        ),
+        "ebv": (
+            "star",
+            ebv,
+            {"units": "mag", "long_name": "E(B-V) from the catalogue (NaN: none)"},
+        ),
+        "ebv_source": (
+            "star",
+            ebv_source,
+            {"long_name": "where ebv comes from ('': nowhere)", "ebv_max": float(EBV_MAX)},
         ),
     }
     for column in frame.columns:
@@ -507,11 +766,44 @@ def read_catalog(source, /) -> xr.Dataset:
         coords=coords,
         attrs={
             "title": "standard-star catalogue",
-            "catalog": "ATLAS-RefCat2",
+            "catalog": "ATLAS-RefCat2" if refcat2 else bm.name,
+            "band_map": bm.name,
             "source": origin,
             "columns": ", ".join(map(str, frame.columns)),
             "mag_system": "AB",
         },
+    )
+
+
+def _no_photometry(frame, columns, layouts, map_name, where, refcat2) -> CatalogError:
+    """The error for a catalogue without any magnitude column of its band map."""
+    others = [
+        name
+        for name, preset in PRESETS.items()
+        if name != "refcat2"
+        and not preset.unavailable
+        and any(_resolve(columns, s.column) for bm in preset.layouts for s in bm.bands)
+    ]
+    hint = (
+        f" Its columns fit preset(s) {', '.join(map(repr, others))}: pass bands={others[0]!r} "
+        "(CLI --bands)."
+        if others
+        else ""
+    )
+    found = ", ".join(map(repr, columns[:12])) + (", ..." if len(columns) > 12 else "")
+    if refcat2:
+        has_any = _coordinate_columns(frame, where)[0] is not None
+        what = "none of the" if has_any else "neither RA/Dec nor any"
+        return CatalogError(
+            f"catalogue {where} has {what} photometric columns "
+            f"({', '.join(c for c, _, _ in REFCAT2_PHOTOMETRY)}); found {found}. "
+            "Is it an ATLAS-RefCat2 CSV with a header line? Other surveys need a band map "
+            "(bands=...)." + hint
+        )
+    expected = " or ".join(", ".join(bm.magnitude_columns()) for bm in layouts)
+    return CatalogError(
+        f"catalogue {where} has none of the magnitude columns of {map_name!r} ({expected}); "
+        f"found {found}." + hint
     )
 
 

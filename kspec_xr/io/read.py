@@ -20,6 +20,10 @@ Data model (the attributes other modules rely on)
     HDU's variable, or the ``{KEY}_row`` coordinate of an extra table.
 ``fits_column`` on a variable
     The table column (its ``TTYPE``) the variable holds.
+``medium`` / ``medium_source`` on ``wavelength``
+    'air' or 'vacuum' and the card that says so (``CTYPE1 = 'AWAV'``), only
+    when the file declares it; see :mod:`kspec_xr.stages.medium` for what
+    an undeclared axis is taken to be.
 ``fits_raw_of`` on a variable
     ``ra_fits``/``dec_fits``: the FIBRES column exactly as stored (radians for
     2dfdr) behind the ``ra``/``dec`` coordinates in degrees.
@@ -44,7 +48,15 @@ from astropy.io import fits
 from .._base import maskbits
 from .._base.errors import RedFileError
 from .._base.provenance import header_to_string
-from .._base.schema import COLUMN_ATTR, HDU_ATTR, HEADER_ATTR, ORDER_ATTR, RAW_ATTR
+from .._base.schema import (
+    COLUMN_ATTR,
+    HDU_ATTR,
+    HEADER_ATTR,
+    MEDIUM_ATTR,
+    MEDIUM_SOURCE_ATTR,
+    ORDER_ATTR,
+    RAW_ATTR,
+)
 from ._fits import (
     _ANGLES,
     _ATTRS_CARD,
@@ -72,6 +84,7 @@ from ._fits import (
     _same_bits,
     _squared_units,
     _tight_strings,
+    _wcs_medium,
     _wcs_wavelength,
     decode_attrs,
 )
@@ -274,7 +287,22 @@ class _Reader:
     def vector_dims(row_dim: str, name: str, values: np.ndarray) -> tuple[str, ...]:
         return (row_dim,) + tuple(f"{name}_dim{i}" for i in range(1, values.ndim))
 
+    def medium_attrs(self) -> dict:
+        """``medium`` (air | vacuum) and where it was read, if the file declares it.
+
+        The FITS WCS spells it in ``CTYPEn`` of the dispersion axis (``AWAV``
+        air, ``WAVE`` vacuum, also with an algorithm code: ``AWAV-LOG``);
+        2dfdr's ``'Wavelength'`` says nothing, and then nothing is set.
+        """
+        axis = 2 if self.transpose else 1
+        medium = _wcs_medium(self.header, axis)
+        if medium is None:
+            return {}
+        ctype = str(self.header[f"CTYPE{axis}"]).strip()
+        return {MEDIUM_ATTR: medium, MEDIUM_SOURCE_ATTR: f"CTYPE{axis} = '{ctype}'"}
+
     def wavelength(self, index: int | None):
+        medium = self.medium_attrs()
         if index is not None:
             header = self.headers[index]
             shape = tuple(self.hdul[index].shape)
@@ -287,6 +315,7 @@ class _Reader:
             wave = self.image(index, ("fiber", "wavelength"), transpose=self.transpose, lazy=False)
             attrs = {"units": "Angstrom", "long_name": "wavelength", HDU_ATTR: _WAVELA}
             attrs[HEADER_ATTR] = header_to_string(header)
+            attrs.update(medium)
             rows_agree = wave.shape[0] > 0 and _same_bits(
                 wave, np.broadcast_to(wave[0], wave.shape)
             )
@@ -318,7 +347,7 @@ class _Reader:
             )
         self.spectral = "wavelength"
         self.coords["wavelength"] = xr.Variable(
-            "wavelength", wave, {"units": "Angstrom", "long_name": "wavelength"}
+            "wavelength", wave, {"units": "Angstrom", "long_name": "wavelength", **medium}
         )
 
     def spectra(self, variance_index: int | None):
@@ -543,7 +572,10 @@ def open_red(path, *, chunks=None, require_common_grid: bool = False) -> xr.Data
         coordinates of the FIBRES table (``fiber_type``, ``fiber_name``,
         ``ra``/``dec`` in degrees, every other column under its own name);
         ``wavelength`` in Å, 1-D when every fiber shares one grid, else a
-        ``pixel`` dimension with a 2-D ``wavelength(fiber, pixel)``; every
+        ``pixel`` dimension with a 2-D ``wavelength(fiber, pixel)``, with
+        ``medium`` ('air' | 'vacuum') and ``medium_source`` (the card, e.g.
+        ``"CTYPE1 = 'AWAV'"``) among its attributes when the file declares
+        the medium (``CTYPEn`` of the dispersion axis); every
         other HDU as variables; the headers as string attributes.  See the
         module docstring for the attribute names.
 

@@ -40,15 +40,20 @@ from .._base.provenance import (
 )
 from .._base.schema import (
     COLUMN_ATTR,
+    DS_MEDIUM_ATTR,
+    DS_MEDIUM_SOURCE_ATTR,
     HDU_ATTR,
     HEADER_ATTR,
     HISTORY_ATTR,
+    MEDIA,
+    MEDIUM_ATTR,
     ORDER_ATTR,
     RAW_ATTR,
     StandardStatus,
     source_name,
     standard_reasons,
 )
+from ..kernels.lsf import combine_fwhm
 from ..kernels.robust import robust_sigma
 from ._fits import (
     _ATTRS_CARD,
@@ -69,6 +74,7 @@ from ._fits import (
     _angle_from_degrees,
     _angle_to_degrees,
     _bits_equal,
+    _declare_medium,
     _default_column_units,
     _is_table,
     _same_bits,
@@ -183,6 +189,9 @@ class _Writer:
         """The primary HDU; built last, when the file variables are known."""
         ds, header = self.ds, self.header
         _set_bunit(header, ds.flux.attrs.get("units"), _DEFAULT_FLUX_UNITS)
+        if "wavelength" in ds.coords:  # a medium set on the coordinate goes to CTYPEn
+            medium = ds["wavelength"].attrs.get(MEDIUM_ATTR)
+            _declare_medium(header, 2 if self.transpose else 1, medium)
         # the history travels whole in KXATTRS; the lines the stored header does not
         # hold yet (KXHISTN counts those it does) become HISTORY cards
         lines = [line for line in ds.attrs.get(HISTORY_ATTR, "").splitlines() if line.strip()]
@@ -510,7 +519,10 @@ def calibration_header(ds: xr.Dataset, /) -> xr.Dataset:
     (standards that do not), ``FCALRMS`` (median fractional RMS of the
     standards' shapes over unmasked pixels, NaN with one star), ``FCALZPSD``
     (robust σ of their zero points, mag), ``FCALMET`` (score),
-    ``FCALGRID`` (template grid id), ``FCALWARN`` when the calibration rests
+    ``FCALGRID`` (template grid id), ``FCALMED`` (the medium of the
+    wavelengths the calibration took, 'air' | 'vacuum', and in its comment
+    where that came from: the file's ``CTYPE1``, the option or the
+    default), ``FCALWARN`` when the calibration rests
     on one or two stars, and one HISTORY line per standard (fiber, name,
     Teff, log g, [M/H], RV, scale ± error, or why it was not used).  Needs
     computed values: :func:`kspec_xr.write_red` applies it to a calibrated
@@ -552,12 +564,52 @@ def calibration_header(ds: xr.Dataset, /) -> xr.Dataset:
         "FCALMET": (str(ds.attrs.get("fit_metric", "")), "template score (chi2|huber)"),
         "FCALGRID": (str(ds.attrs.get("template_grid_id", ""))[:60], "template grid id"),
     }
+    resolution = resolution_summary(ds)
+    if np.isfinite(resolution["used"]):
+        cards["FCALFWHM"] = (
+            round(resolution["used"], 3),
+            f"[Angstrom] FWHM used: {resolution['source']}"[:40],
+        )
+    if np.isfinite(resolution["measured"]):
+        cards["FCALFWME"] = (
+            round(resolution["measured"], 3),
+            f"[Angstrom] FWHM measured on {resolution['n']} stars"[:40],
+        )
+    if "fit_ebv" in ds:
+        ebv = np.asarray(ds["fit_ebv"].values, dtype=float)[used]
+        if np.any(np.isfinite(ebv)):
+            cards["FCALEBV"] = (
+                round(float(np.nanmedian(ebv)), 4),
+                "median E(B-V) of the standards' models [mag]",
+            )
+    medium = ds.attrs.get(DS_MEDIUM_ATTR)
+    medium_source = str(ds.attrs.get(DS_MEDIUM_SOURCE_ATTR, ""))
+    if medium in MEDIA:
+        said = {"option": "given as an option", "default": "undeclared, 2dfdr default"}
+        comment = f"wavelength medium: {said.get(medium_source, medium_source)}"
+        cards["FCALMED"] = (str(medium), comment[:47])
     warning = summary["warning"]
     if warning:
         short = warning.split(":")[0].split(" and ")[0]
-        cards["FCALWARN"] = (short[:40], "weak flux calibration (see HISTORY)")
+        cards["FCALWARN"] = (short[:40], "doubtful; see HISTORY")
     out = with_header_cards(ds, cards)
     lines = [f"FCAL warning: {warning}"] if warning else []
+    if np.isfinite(resolution["used"]):
+        measured = (
+            f", measured {resolution['measured']:.3f} +- {resolution['measured_err']:.3f} A on "
+            f"{resolution['n']} standards"
+            if np.isfinite(resolution["measured"])
+            else ""
+        )
+        lines.append(f"FCAL FWHM {resolution['used']:.3f} A ({resolution['source']}){measured}")
+    if "fit_ebv" in ds:
+        lines.append(f"FCAL reddening law: {ds['fit_ebv'].attrs.get('law', '')}")
+    if medium in MEDIA:
+        lines.append(
+            f"FCAL wavelengths: {medium} (from {medium_source})"
+            + (", converted to vacuum for templates and masks" if medium == "air" else "")
+            + "; RV observed frame, vacuum scale"
+        )
     for k in range(ds.sizes["standard"]):
         head = f"FCAL std {k}: fiber {int(ds['standard_fiber'].values[k])} {ds['standard_name'].values[k]}"
         if not used[k]:
@@ -569,6 +621,11 @@ def calibration_header(ds: xr.Dataset, /) -> xr.Dataset:
             f"{head} Teff {float(ds['fit_teff'].values[k]):.0f} logg "
             f"{float(ds['fit_logg'].values[k]):.2f} [M/H] {float(ds['fit_mh'].values[k]):+.2f} "
             f"RV {float(ds['fit_rv'].values[k]):+.1f} km/s scale {scale:.4e} +- {err:.2e}"
+            + (
+                f" E(B-V) {float(ds['fit_ebv'].values[k]):.3f} ({ds['ebv_source'].values[k]})"
+                if "fit_ebv" in ds and "ebv_source" in ds
+                else ""
+            )
         )
     return add_history(out, "\n".join(lines))
 
@@ -598,8 +655,44 @@ def calibration_summary(ds: xr.Dataset, /) -> dict:
     }
 
 
+def resolution_summary(ds: xr.Dataset, /) -> dict:
+    """The FWHM the fit used (``used``, Å, and its ``source``) and the one measured on
+    the standards (``measured`` ± ``measured_err``, from ``n`` stars; NaN when not measured)."""
+    used = float(ds.attrs.get("fwhm_used", ds.attrs.get("fit_fwhm_median", np.nan)))
+    out = {
+        "used": used,
+        "source": str(ds.attrs.get("fwhm_source", "")),
+        "measured": np.nan,
+        "measured_err": np.nan,
+        "n": 0,
+    }
+    if "std_fwhm" in ds:
+        ok = np.asarray(ds["standard_status"].values) == StandardStatus.OK
+        values = np.where(ok, np.asarray(ds["std_fwhm"].values, dtype=float), np.nan)
+        measured, err, n = combine_fwhm(values, np.asarray(ds["std_fwhm_err"].values))
+        out.update(measured=measured, measured_err=err, n=n)
+    return out
+
+
 def calibration_warning(ds: xr.Dataset, /) -> str:
-    """'' or why the calibration of a computed exposure rests on weak ground."""
+    """'' or why the calibration of a computed exposure is doubtful: it rests on one or
+    two standards, or the FWHM it used disagrees with the one measured on the standards."""
+    problems = [_standards_warning(ds)]
+    resolution = resolution_summary(ds)
+    used, measured = resolution["used"], resolution["measured"]
+    if np.isfinite(used) and np.isfinite(measured) and abs(used / measured - 1.0) > FWHM_TOLERANCE:
+        problems.append(
+            f"FWHM {used:.3g} A ({resolution['source']}) disagrees with the {measured:.3g} A "
+            f"measured on {resolution['n']} standards: check SPECFWHM / --fwhm"
+        )
+    return "; ".join(p for p in problems if p)
+
+
+#: a FWHM used more than this fraction away from the measured one is warned about
+FWHM_TOLERANCE = 0.25
+
+
+def _standards_warning(ds: xr.Dataset) -> str:
     used = np.asarray(ds["standard_status"].values) == StandardStatus.OK
     n = int(used.sum())
     if n == 1:

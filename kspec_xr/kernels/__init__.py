@@ -2,6 +2,7 @@
 
 ``resample`` (flux-conserving rebinning, Gaussian LSF), ``rv`` (FFT
 cross-correlation), ``photometry`` (synthetic magnitudes, Teff from colors),
-``sky`` (nearest neighbours on the sphere), ``template_fit`` (the per-star
+``sky`` (nearest neighbours on the sphere), ``air`` (air ↔ vacuum
+wavelengths), ``template_fit`` (the per-star
 template fit) and ``robust`` (gating and the combination of the standards).  The xarray stages wrap them.
 """

@@ -147,7 +147,16 @@ class ColorChi2:
     absolute level is unknown until it is scaled.
     """
 
-    def __init__(self, mags: np.ndarray, errs: np.ndarray, pairs, *, floor: float = 0.01):
+    def __init__(
+        self,
+        mags: np.ndarray,
+        errs: np.ndarray,
+        pairs,
+        *,
+        floor: float = 0.01,
+        reddening: np.ndarray | None = None,
+        ebv_max: float = 0.0,
+    ):
         pairs = np.asarray(pairs, dtype=int).reshape(-1, 2)
         mags = np.atleast_2d(mags)
         errs = np.atleast_2d(errs)
@@ -167,6 +176,13 @@ class ColorChi2:
         pair_ok = self.avail[:, :, None] & self.avail[:, None, :]
         cov = np.where(pair_ok, cov, np.eye(n_col))
         self.inv = np.linalg.inv(cov) if n_col else cov
+        # reddening profiled out: the colour excess per unit E(B-V) of every colour
+        self.ebv_max = float(ebv_max)
+        self.excess: np.ndarray | None = None
+        if reddening is not None and self.ebv_max > 0:
+            r = np.asarray(reddening, dtype=float)
+            self.excess = np.where(self.avail, (r[self.blue] - r[self.red])[None, :], 0.0)
+        self.last_ebv: np.ndarray | None = None
 
     def __call__(self, model_mags: np.ndarray) -> np.ndarray:
         """(t, B) model magnitudes → (s, t) χ² (inf where a model lacks a used colour)."""
@@ -177,9 +193,26 @@ class ColorChi2:
         )
         missing = (self.avail[:, None, :] & ~np.isfinite(model_col)[None, :, :]).any(axis=-1)
         resid = np.where(np.isfinite(resid), resid, 0.0)
+        if self.excess is not None:
+            # χ²(E) = (r − E·d)ᵀ C⁻¹ (r − E·d) is a parabola in E: its minimum in [0, ebv_max]
+            inv_d = np.einsum("skl,sl->sk", self.inv, self.excess)  # (s, k)
+            curvature = np.einsum("sk,sk->s", self.excess, inv_d)  # (s,)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                ebv = np.einsum("stk,sk->st", resid, inv_d) / curvature[:, None]
+            ebv = np.clip(np.where(np.isfinite(ebv), ebv, 0.0), 0.0, self.ebv_max)
+            resid = resid - ebv[:, :, None] * self.excess[:, None, :]
+            self.last_ebv = ebv
         chi2 = np.einsum("stk,skl,stl->st", resid, self.inv, resid)
         chi2[missing] = np.inf
         return chi2
+
+    def ebv_error(self) -> np.ndarray:
+        """(s,) 1σ of a fitted E(B−V) from the colours alone (NaN without reddening)."""
+        if self.excess is None:
+            return np.full(self.obs_col.shape[0], np.nan)
+        curvature = np.einsum("sk,skl,sl->s", self.excess, self.inv, self.excess)
+        with np.errstate(divide="ignore"):
+            return 1.0 / np.sqrt(curvature)
 
 
 def teff_from_colors(

@@ -32,6 +32,8 @@ __all__ = [
     "cumulative",
     "rebin_cumulative",
     "SIGMA_PER_FWHM",
+    "running_mean",
+    "smoothing_pixels",
 ]
 
 #: FWHM / σ of a Gaussian, 2·sqrt(2·ln 2)
@@ -199,3 +201,31 @@ def bin_pixels(values: np.ndarray, factor: int) -> np.ndarray:
     """Mean of every ``factor`` consecutive pixels along the last axis (float64)."""
     n = (values.shape[-1] // factor) * factor
     return values[..., :n].reshape(*values.shape[:-1], n // factor, factor).mean(-1, dtype=float)
+
+
+def smoothing_pixels(wave: np.ndarray, scale: float) -> int:
+    """Pixels of the running mean (odd, at least 5) that spans ``scale`` Å."""
+    step = float(np.median(np.diff(wave)))
+    return max(5, int(round(scale / step)) | 1)
+
+
+def running_mean(values: np.ndarray, weight: np.ndarray, width: int) -> np.ndarray:
+    """Weighted running mean along the first axis: S(v·g)/S(g), twice a boxcar (a triangle).
+
+    Masked pixels (g = 0) do not count; where no valid pixel is near (a gap
+    wider than the window) the result is 1, and those pixels carry no weight.
+    """
+    from scipy.ndimage import uniform_filter1d
+
+    def smooth(a):
+        once = uniform_filter1d(a, width, axis=0, mode="nearest")
+        return uniform_filter1d(once, width, axis=0, mode="nearest")
+
+    g = np.asarray(weight, dtype=float)
+    num = smooth(values * (g if values.ndim == 1 else g[:, None]))
+    den = smooth(g)
+    if values.ndim > 1:
+        den = den[:, None]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = num / den
+    return np.where(den > 1e-6, out, 1.0)

@@ -31,6 +31,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .._base.status import FitStatus
+from .lsf import fwhm_profile, profile_minimum, trial_fwhms
 from .photometry import ColorChi2
 from .resample import (
     bin_log_grid,
@@ -38,6 +39,8 @@ from .resample import (
     cumulative,
     edges_from_centers,
     rebin_cumulative,
+    running_mean,
+    smoothing_pixels,
 )
 from .rv import C_KMS, parabola_peak, xcorr_velocity
 
@@ -46,6 +49,8 @@ __all__ = [
     "StarFit",
     "FitBlock",
     "fit_block",
+    "FwhmBlock",
+    "fwhm_block",
     "teff_candidates",
     "Scorer",
     "fit_star",
@@ -185,6 +190,40 @@ class TemplateGrid:
             [np.searchsorted(axis, self.params[:, k]) for k, axis in enumerate(self.axes)], axis=1
         ).astype(float)
 
+    def position(self, teff: float, logg: float, mh: float) -> np.ndarray:
+        """Fractional lattice position of physical parameters (the inverse of :meth:`physical`)."""
+        values = (teff, logg, mh)
+        return np.array(
+            [
+                np.interp(v, axis, np.arange(axis.size))
+                for v, axis in zip(values, self.axes, strict=True)
+            ]
+        )
+
+    def mix(self, target: np.ndarray, nodes: np.ndarray | None = None):
+        """The model between grid nodes at lattice position ``target``, on the working grid.
+
+        Multilinear weights over the surrounding nodes (of ``nodes``, default
+        all): the continuum is interpolated in log (Planck-like shapes mix
+        geometrically), the line pattern and the magnitudes linearly (=
+        log flux).  Returns ``(flux, continuum, mags)``.
+        """
+        nodes = np.arange(self.params.shape[0]) if nodes is None else np.asarray(nodes)
+        weights = _interp_weights(self.lattice[nodes], target)
+        used = np.flatnonzero(weights > 0)
+        node_norm, node_log_cont = self.node_rows(nodes[used])
+        continuum = np.exp(weights[used] @ node_log_cont)
+        return (
+            continuum * (weights[used] @ node_norm),
+            continuum,
+            weights[used] @ self.mags[nodes[used]],
+        )
+
+    def model_at(self, teff, logg, mh, rv, wave_edges) -> np.ndarray:
+        """(P,) model flux at parameters and velocity ``rv``, averaged over the pixel bins."""
+        flux, _, _ = self.mix(self.position(teff, logg, mh))
+        return _shifted(self, wave_edges, rv, cumulative(flux[None, :], self.edges))[0]
+
     def physical(self, index: np.ndarray) -> np.ndarray:
         """Parameters at a fractional lattice position (linear between nodes)."""
         return np.array(
@@ -212,40 +251,14 @@ class StarFit:
     model_mags: np.ndarray  # (B,)
     n_pixels: int
     status: FitStatus = FitStatus.OK
+    ebv: float = 0.0  # E(B-V) the model is reddened by (given, or fitted to the colours)
+    ebv_err: float = np.nan  # its 1σ when fitted
 
 
 def huber_rho(r: np.ndarray, k: float = HUBER_K) -> np.ndarray:
     """Huber's loss of normalised residuals: r²/2 inside ±k, k(|r| − k/2) outside."""
     a = np.abs(r)
     return np.where(a <= k, 0.5 * r * r, k * (a - 0.5 * k))
-
-
-def smoothing_pixels(wave: np.ndarray, scale: float) -> int:
-    """Pixels of the running mean (odd, at least 5) that spans ``scale`` Å."""
-    step = float(np.median(np.diff(wave)))
-    return max(5, int(round(scale / step)) | 1)
-
-
-def running_mean(values: np.ndarray, weight: np.ndarray, width: int) -> np.ndarray:
-    """Weighted running mean along the first axis: S(v·g)/S(g), twice a boxcar (a triangle).
-
-    Masked pixels (g = 0) do not count; where no valid pixel is near (a gap
-    wider than the window) the result is 1, and those pixels carry no weight.
-    """
-    from scipy.ndimage import uniform_filter1d
-
-    def smooth(a):
-        once = uniform_filter1d(a, width, axis=0, mode="nearest")
-        return uniform_filter1d(once, width, axis=0, mode="nearest")
-
-    g = np.asarray(weight, dtype=float)
-    num = smooth(values * (g if values.ndim == 1 else g[:, None]))
-    den = smooth(g)
-    if values.ndim > 1:
-        den = den[:, None]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        out = num / den
-    return np.where(den > 1e-6, out, 1.0)
 
 
 def _shifted(grid, wave_edges, rv, cum) -> np.ndarray:
@@ -319,6 +332,10 @@ def fit_star(
     n_xcorr: int = 5,
     model_error: float = 0.01,
     smooth_scale: float = 150.0,
+    ebv: float = 0.0,
+    reddening: np.ndarray | None = None,
+    extinction: np.ndarray | None = None,
+    ebv_max: float = 0.5,
 ) -> StarFit:
     """Fit one standard star; see the module docstring for the steps.
 
@@ -338,6 +355,11 @@ def fit_star(
         better than this, and without it the spectrum outweighs the colours
     smooth_scale : float, width (Å) of the running mean that star and templates
         are divided by before they are compared
+    ebv : float, the star's E(B−V) (NaN: fit it to the colours, in [0, ebv_max],
+        as each candidate's colours are scored)
+    reddening : (B,) A_band/E(B−V) of the grid's bands; extinction : (P,)
+        A(λ)/E(B−V) at the pixels (both needed for any reddening: the model
+        and its magnitudes are returned reddened by ``ebv``)
     """
     n_pix = wave.size
     nan_fit = StarFit(
@@ -358,7 +380,12 @@ def fit_star(
     flux = np.where(ivar > 0, flux, 0.0)
     wave_edges = edges_from_centers(wave)
 
-    colours = ColorChi2(mags, mag_errs, grid.pairs)
+    fit_ebv = reddening is not None and not np.isfinite(ebv)
+    if reddening is not None and np.isfinite(ebv) and ebv != 0.0:
+        mags = mags - ebv * reddening  # intrinsic colours, compared with the templates'
+    colours = ColorChi2(
+        mags, mag_errs, grid.pairs, reddening=reddening if fit_ebv else None, ebv_max=ebv_max
+    )
     col_chi2, n_col = colours(grid.mags[candidates])[0], int(colours.n_colors[0])
 
     # 1. velocity from the templates closest in colour, on the ln λ scoring grid,
@@ -416,16 +443,8 @@ def fit_star(
     # 4.-5. the velocity against the refined model, then the final model
     ranked = np.argsort(total, kind="stable")
     runner = int(ranked[1]) if ranked.size > 1 else -1
-    weights = _interp_weights(lattice, target)
     teff, logg, mh = grid.physical(target)
-    used = np.flatnonzero(weights > 0)
-    # between nodes: continuum interpolated in log (Planck-like shapes mix
-    # geometrically), line pattern linearly; magnitudes linearly (= log flux)
-    nodes = candidates[used]
-    node_norm, node_log_cont = grid.node_rows(nodes)
-    fine_cont = np.exp(weights[used] @ node_log_cont)
-    fine_model = fine_cont * (weights[used] @ node_norm)
-    model_mags = weights[used] @ grid.mags[nodes]
+    fine_model, fine_cont, model_mags = grid.mix(target, candidates)
 
     scorer_chi2 = Scorer(obs_norm, w, "chi2")
     final_cum = cumulative(np.stack([fine_model, fine_cont]), grid.edges)  # once per star
@@ -439,6 +458,16 @@ def fit_star(
             chi.append(scorer_chi2(pattern / running_mean(pattern, gpix, width)))
         rv = float(rv + step * parabola_peak(*chi))
     model = _shifted(grid, wave_edges, rv, final_cum[0])
+    ebv_err = np.nan
+    if fit_ebv:
+        colours(model_mags)
+        ebv = float(colours.last_ebv[0, 0]) if colours.last_ebv is not None else 0.0
+        ebv_err = float(colours.ebv_error()[0])
+    elif not np.isfinite(ebv) or reddening is None:
+        ebv = 0.0
+    if ebv and reddening is not None and extinction is not None:
+        model = model * 10.0 ** (-0.4 * ebv * extinction)
+        model_mags = model_mags + ebv * reddening
 
     return StarFit(
         teff=float(teff),
@@ -454,6 +483,8 @@ def fit_star(
         model_mags=model_mags,
         n_pixels=n_good,
         status=FitStatus.OK if n_col else FitStatus.NO_COLORS,
+        ebv=float(ebv),
+        ebv_err=ebv_err,
     )
 
 
@@ -514,6 +545,8 @@ class FitBlock(NamedTuple):
     status: np.ndarray  # (S,) FitStatus codes
     model: np.ndarray  # (S, P)
     model_mags: np.ndarray  # (S, B)
+    ebv: np.ndarray  # (S,) E(B-V) the model is reddened by
+    ebv_err: np.ndarray  # (S,) its 1σ when fitted (NaN when given)
 
 
 def fit_block(
@@ -524,7 +557,9 @@ def fit_block(
     errs,
     teff_lo,
     teff_hi,
+    ebv,
     wave,
+    extinction,
     loglam,
     template_flux,
     template_continuum,
@@ -539,12 +574,16 @@ def fit_block(
     oversample: int,
     metric: str,
     vmax: float,
+    reddening=None,
+    ebv_max: float = 0.5,
 ) -> FitBlock:
     """Fit every star of a block: stars (S, P) and (S, B), the grid's arrays as given.
 
     The grid arrays are those of :meth:`kspec_xr.templates.PreparedTemplates.kernel_inputs`
     (of ``template_flux``/``template_continuum`` only the rows ``rows[nodes]``
-    of each star's final model are used).
+    of each star's final model are used).  ``ebv`` (S,) E(B−V) per star (NaN:
+    fitted), ``extinction`` (P,) A(λ)/E(B−V) at the pixels, ``reddening`` (B,)
+    A_band/E(B−V) of the grid's bands (None: no reddening at all).
     """
     scoring = TemplateGrid(
         scoring_loglam,
@@ -574,6 +613,8 @@ def fit_block(
     out["status"] = np.zeros(n_star, dtype=np.int16)
     out["model"] = np.full((n_star, n_pix), np.nan)
     out["model_mags"] = np.full((n_star, grid.mags.shape[1]), np.nan)
+    out["ebv"] = np.full(n_star, np.nan)
+    out["ebv_err"] = np.full(n_star, np.nan)
     for s in range(n_star):
         if not np.any(np.isfinite(mags[s])):
             out["status"][s] = FitStatus.NO_PHOTOMETRY
@@ -581,7 +622,8 @@ def fit_block(
         candidates = teff_candidates(grid.params[:, 0], teff_lo[s], teff_hi[s])
         fit = fit_star(
             wave, flux[s], variance[s], good[s], mags[s], errs[s], grid, candidates,
-            metric=metric, vmax=vmax,
+            metric=metric, vmax=vmax, ebv=float(ebv[s]), reddening=reddening,
+            extinction=extinction, ebv_max=ebv_max,
         )  # fmt: skip
         for name, value in (
             ("teff", fit.teff),
@@ -598,4 +640,70 @@ def fit_block(
             out[name][s] = value
         out["model"][s] = fit.model
         out["model_mags"][s] = fit.model_mags
+        out["ebv"][s], out["ebv_err"][s] = fit.ebv, fit.ebv_err
     return FitBlock(**out)
+
+
+class FwhmBlock(NamedTuple):
+    """The results of :func:`fwhm_block` for S stars: FWHM (Å) and 1σ, whole and per segment."""
+
+    fwhm: np.ndarray  # (S,)
+    fwhm_err: np.ndarray  # (S,)
+    segment_fwhm: np.ndarray  # (S, n_segments)
+    segment_err: np.ndarray  # (S, n_segments)
+
+
+def fwhm_block(
+    flux,
+    variance,
+    good,
+    teff,
+    logg,
+    mh,
+    rv,
+    wave,
+    loglam,
+    template_flux,
+    template_continuum,
+    rows,
+    params,
+    template_mags,
+    *_scoring,
+    pairs,
+    fwhm0: float,
+    edges: np.ndarray,
+) -> FwhmBlock:
+    """Measure the instrument FWHM on every star of a block (see :mod:`kspec_xr.kernels.lsf`).
+
+    Each star's model at its fitted parameters and velocity is built from a
+    grid prepared at the sharp FWHM ``fwhm0`` (the arrays of
+    :meth:`kspec_xr.templates.PreparedTemplates.kernel_inputs`); stars with
+    no fit (NaN parameters) get NaN.
+    """
+    grid = TemplateGrid(
+        loglam, template_flux, template_continuum, params, template_mags, pairs, rows=rows
+    )
+    wave_edges = edges_from_centers(wave)
+    step = float(np.median(np.diff(wave)))
+    trials = trial_fwhms(fwhm0, step)
+    n_star, n_seg = flux.shape[0], edges.size - 1
+    out = FwhmBlock(
+        np.full(n_star, np.nan),
+        np.full(n_star, np.nan),
+        np.full((n_star, n_seg), np.nan),
+        np.full((n_star, n_seg), np.nan),
+    )
+    for s in range(n_star):
+        if not np.all(np.isfinite([teff[s], logg[s], mh[s], rv[s]])):
+            continue
+        model = grid.model_at(teff[s], logg[s], mh[s], rv[s], wave_edges)
+        chi2, counts = fwhm_profile(
+            wave, flux[s], variance[s], good[s], model, fwhm0, trials, edges
+        )
+        for k in range(n_seg + 1):
+            value, err = profile_minimum(trials, chi2[k], counts[k] - 1)
+            if k == 0:
+                out.fwhm[s], out.fwhm_err[s] = value, err
+            else:
+                out.segment_fwhm[s, k - 1], out.segment_err[s, k - 1] = value, err
+    return out

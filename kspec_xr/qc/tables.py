@@ -6,7 +6,12 @@ import numpy as np
 import xarray as xr
 
 from .._base.maskbits import bit
-from .._base.schema import StandardStatus, standard_reasons
+from .._base.schema import (
+    DS_MEDIUM_ATTR,
+    DS_MEDIUM_SOURCE_ATTR,
+    StandardStatus,
+    standard_reasons,
+)
 from ..kernels.robust import robust_sigma
 
 __all__ = ["standards_summary", "standards_table", "line_band_departures"]
@@ -20,7 +25,10 @@ def standards_summary(ds: xr.Dataset, /) -> str:
 
 
 def standards_table(ds: xr.Dataset, /) -> str:
-    """A plain-text table of the standards: fiber, parameters, RV, scale, level, status."""
+    """A plain-text table of the standards: fiber, parameters, RV, scale, level, status.
+
+    With a note of the wavelength medium the fit took (``attrs["wavelength_medium"]``).
+    """
     reasons = standard_reasons(ds)
 
     def value(name, k):
@@ -40,6 +48,12 @@ def standards_table(ds: xr.Dataset, /) -> str:
             f"{value('fit_mh', k):+6.2f} {value('fit_rv', k):+8.1f} "
             f"{100 * scale_err:8.2f}% {value('fit_chi2_red', k):6.2f} {value('std_snr', k):5.1f} "
             f"{value('std_zero_point', k):+6.2f} {value('std_tilt', k):+6.2f}  {reason}"
+        )
+    medium = ds.attrs.get(DS_MEDIUM_ATTR)
+    if medium is not None:
+        source = ds.attrs.get(DS_MEDIUM_SOURCE_ATTR, "")
+        rows.append(
+            f"RV: observed frame, vacuum scale; the file's wavelengths taken as {medium} ({source})"
         )
     rows.append(standards_summary(ds))
     return "\n".join(rows)

@@ -5,7 +5,8 @@ In order: :func:`select_standards`, :func:`associate_catalog`,
 :func:`star_calibrations`, :func:`gate_standards`,
 :func:`combine_calibrations`, :func:`apply_calibration`; plus
 :func:`synthetic_mags` and :func:`teff_from_colors` for spectra and colors.
-One stage per module; they do not import each other.
+One stage per module; they do not import each other (``medium``, the
+air/vacuum helpers they share, is not a stage).
 """
 
 from .apply import apply_calibration
@@ -13,7 +14,9 @@ from .associate import associate_catalog
 from .combine import combine_calibrations
 from .fit import fit_standards, header_fwhm, teff_from_colors
 from .gate import GATE_DEFAULTS, gate_standards
+from .medium import DEFAULT_MEDIUM, resolve_medium, vacuum_wavelength
 from .photometry import band_weights, synthetic_mags
+from .resolution import measure_resolution, measured_fwhm, sharp_fwhm
 from .scale import MAG_ERROR_FLOOR, scale_to_photometry
 from .select import select_standards
 from .star_calibrations import star_calibrations
@@ -31,6 +34,12 @@ __all__ = [
     "band_weights",
     "teff_from_colors",
     "header_fwhm",
+    "measure_resolution",
+    "measured_fwhm",
+    "sharp_fwhm",
     "GATE_DEFAULTS",
+    "vacuum_wavelength",
+    "resolve_medium",
+    "DEFAULT_MEDIUM",
     "MAG_ERROR_FLOOR",
 ]

@@ -31,6 +31,7 @@ def associate_catalog(
     *,
     method: str = "position",
     radius: float = 2.0,
+    bands=None,
 ) -> xr.Dataset:
     """Attach each standard's catalogue photometry.
 
@@ -48,14 +49,22 @@ def associate_catalog(
         one row per standard, as the reference pipeline writes them.
     radius : float
         Match radius in arcsec.
+    bands : None, str, mapping, path or BandMap
+        The catalogue's band map (``bands=`` of :func:`kspec_xr.read_catalog`:
+        ``None`` for RefCat2, a preset name such as ``"des"``, a
+        ``{column: band spec}`` mapping, ``"COL=BAND,..."`` or a TOML file).
+        Only for a catalogue that is not yet a Dataset.
 
     Returns
     -------
     xr.Dataset
         ``catalog_row`` (−1 when unmatched), ``catalog_sep`` (arcsec),
         ``catalog_objid``, ``std_mag`` / ``std_mag_err`` on
-        (``standard``, ``band``) in AB; ``standard_status`` /
-        ``standard_reason`` say why a standard has no photometry.
+        (``standard``, ``band``) in AB; ``std_ebv`` (mag) and
+        ``std_ebv_source`` (standard): the catalogue's E(B−V) and where it
+        comes from (NaN / ``""`` without a catalogue row or an E(B−V));
+        ``standard_status`` / ``standard_reason`` say why a standard has no
+        photometry.
 
     Raises
     ------
@@ -78,7 +87,12 @@ def associate_catalog(
             f"{source_name(ds)}: no standards selected; run ds.pipe(kx.select_standards) first"
         )
     where = str(catalog) if isinstance(catalog, str | os.PathLike) else "the catalogue"
-    cat = catalog if isinstance(catalog, xr.Dataset) else read_catalog(catalog)
+    if isinstance(catalog, xr.Dataset) and bands is not None:
+        raise TypeError(
+            "bands= tells read_catalog how to read a catalogue file or table; this catalogue "
+            "is already a Dataset (read it with kx.read_catalog(path, bands=...) or pass the path)"
+        )
+    cat = catalog if isinstance(catalog, xr.Dataset) else read_catalog(catalog, bands=bands)
     where = str(cat.attrs.get("source", where))
     n_std, n_cat = ds.sizes["standard"], cat.sizes["star"]
     status = np.asarray(ds["standard_status"].values).astype("int16").copy()
@@ -111,6 +125,14 @@ def associate_catalog(
     mag, err = _bare("mag"), _bare("mag_err")
     no_phot = (row >= 0) & ~np.any(np.isfinite(mag.values), axis=1)
     status[no_phot & (status == StandardStatus.OK)] = StandardStatus.NO_PHOTOMETRY
+    if "ebv" in picked:
+        ebv = np.where(row >= 0, np.asarray(picked["ebv"].values, dtype=float), np.nan)
+    else:
+        ebv = np.full(n_std, np.nan)
+    if "ebv_source" in picked:
+        ebv_source = np.where(row >= 0, np.asarray(picked["ebv_source"].values, dtype=str), "")
+    else:
+        ebv_source = np.full(n_std, "")
     objid = np.asarray(picked["objid"].values) if "objid" in picked else safe
     if objid.dtype.kind not in "iu":
         objid = safe
@@ -128,6 +150,16 @@ def associate_catalog(
         catalog_objid=("standard", np.where(row >= 0, objid, -1).astype("int64")),
         std_mag=mag.assign_attrs(units="mag", system="AB", long_name="catalogue magnitude"),
         std_mag_err=err.assign_attrs(units="mag", long_name="catalogue magnitude error"),
+        std_ebv=(
+            "standard",
+            ebv,
+            {"units": "mag", "long_name": "catalogue E(B-V) of the standard (NaN: none)"},
+        ),
+        std_ebv_source=(
+            "standard",
+            ebv_source.astype(str),
+            {"long_name": "where std_ebv comes from ('': nowhere)"},
+        ),
     )
     out = out.assign_attrs(catalog_match=method, catalog_radius_arcsec=float(radius))
     out = with_status(out, xr.DataArray(status, dims="standard"))

@@ -17,6 +17,7 @@ import numpy as np
 import xarray as xr
 
 from .._base.bands import COLOR_PAIRS, TEFF_FLAGS
+from .._base.dust import EBV_MAX, LAW, band_ratio, extinction_curve
 from .._base.errors import CalibrationError, KspecError
 from .._base.maskbits import bit
 from .._base.provenance import add_history, primary_header
@@ -33,6 +34,7 @@ from .._base.schema import (
 from ..kernels.photometry import teff_from_colors as teff_from_colors_kernel
 from ..kernels.template_fit import FitBlock, fit_block
 from ..templates import fwhm_at, resolve_templates
+from .medium import as_vacuum, medium_note, resolve_medium, with_medium
 
 __all__ = ["fit_standards", "teff_from_colors", "header_fwhm"]
 
@@ -50,15 +52,32 @@ _SCALARS = {
 }
 
 
-def header_fwhm(ds: xr.Dataset) -> float:
-    """The instrument FWHM (Å) from the ``SPECFWHM`` header card."""
+def header_fwhm(ds: xr.Dataset, *, required: bool = True) -> float | None:
+    """The instrument FWHM (Å) from the ``SPECFWHM`` header card.
+
+    ``None`` when the card is absent and ``required`` is false; a card that is
+    not a positive number is always an error (never read as 1 Å or ignored).
+    """
     value = primary_header(ds).get("SPECFWHM")
-    if value is None or not np.isfinite(float(value)) or float(value) <= 0:
+    if value is None:
+        if not required:
+            return None
         raise CalibrationError(
-            "the primary header has no usable SPECFWHM (instrument FWHM in Å); pass fwhm=... "
-            "(CLI: --fwhm, pipeline: CALIBFLUX_FWHM)"
+            "the primary header has no SPECFWHM (instrument FWHM in Å); pass fwhm=... "
+            "(CLI: --fwhm, pipeline: CALIBFLUX_FWHM), or let kx.flux_calibrate measure it"
         )
-    return float(value)
+    number = value if isinstance(value, int | float) and not isinstance(value, bool) else None
+    if number is None:
+        try:
+            number = float(str(value).strip()) if not isinstance(value, bool) else None
+        except ValueError:
+            number = None
+    if number is None or not np.isfinite(number) or number <= 0:
+        raise CalibrationError(
+            f"the primary header's SPECFWHM = {value!r} is not a positive FWHM in Å; fix the "
+            "card, or pass fwhm=... (CLI: --fwhm) to override it"
+        )
+    return float(number)
 
 
 @stage
@@ -73,6 +92,9 @@ def fit_standards(
     alpha: float = 0.0,
     mask_regions="telluric_default",
     cache=True,
+    wavelength_medium=None,
+    redden: bool = True,
+    ebv_fit: str = "field",
 ) -> xr.Dataset:
     """Best template, refined parameters and radial velocity of every standard.
 
@@ -95,6 +117,23 @@ def fit_standards(
         Bands left out of the fit (default: the telluric bands).
     cache : bool or path
         Cache of prepared grids (see :func:`kspec_xr.prepare_templates`).
+    redden : bool
+        Redden each star's model by its E(B−V) (law: :data:`kspec_xr._base.dust.LAW`):
+        the catalogue's (``std_ebv`` from :func:`kspec_xr.associate_catalog`)
+        where it has one, else fitted to the colours together with Teff
+        (bounded to [0, 0.5]); the colours of the Teff box are de-reddened.
+        False: no reddening (E(B−V) = 0 for every star).
+    ebv_fit : {"field", "star"}
+        Where E(B−V) is fitted: ``"field"`` adopts the median of the fitted
+        stars' values for all of them (one field shares its foreground dust,
+        and each star's own value is only as good as its spectroscopic Teff,
+        about ±0.04 mag); ``"star"`` keeps each star's own.
+    wavelength_medium : {None, "air", "vacuum"}
+        Medium of the exposure's wavelengths; None: what the file declares
+        (``CTYPE1``), else air (:mod:`kspec_xr.stages.medium`).  The
+        templates and ``mask_regions`` are matched to the pixels' vacuum
+        wavelengths, so ``fit_rv`` is an observed-frame velocity on the
+        vacuum scale.
 
     Returns
     -------
@@ -113,6 +152,8 @@ def fit_standards(
     See :mod:`kspec_xr.kernels.template_fit` for the algorithm.  The stage stays lazy on a
     dask-backed exposure: the fit runs per block of standards when computed.
     """
+    if ebv_fit not in ("field", "star"):
+        raise ValueError(f"ebv_fit must be 'field' or 'star', not {ebv_fit!r}")
     if metric not in ("chi2", "huber"):
         raise ValueError(f"metric must be 'chi2' or 'huber', not {metric!r}")
     if "std_mag" not in ds:
@@ -124,7 +165,9 @@ def fit_standards(
             "fit_standards needs a common wavelength axis; this exposure has one wavelength "
             "per fiber (dim 'pixel') — resample it onto one grid first"
         )
-    wave = np.asarray(ds["wavelength"].values, dtype=float)
+    medium, medium_source = resolve_medium(ds, wavelength_medium)
+    vacuum = as_vacuum(ds["wavelength"], medium)  # the templates and bands are in vacuum
+    wave = np.asarray(vacuum.values)
     if fwhm is None:
         fwhm = header_fwhm(ds)
     prepared = resolve_templates(templates, wave, fwhm, cache=cache)
@@ -146,12 +189,25 @@ def fit_standards(
         dims=("template", "band"),
         coords={"band": bands, "teff": ("template", grid["params"].values[:, 0])},
     )
-    # the 3σ color box, at least ±half a BOSZ Teff step; teff_candidates then adds
-    # the nodes that bracket it, so the refinement can reach every Teff in it
-    box = teff_from_colors(
-        mags.rename(standard="star"), errs.rename(standard="star"), grid_mags, teff_step=125.0
-    )
-    box = box.rename(star="standard")
+    # reddening: E(B-V) from the catalogue where it has one, else fitted (NaN);
+    # the colours of the Teff box de-reddened by it, or the box widened over
+    # every E(B-V) in [0, EBV_MAX] where it is fitted
+    ebv, ebv_source = _catalogue_ebv(ds, redden)
+    reddening = np.array([band_ratio(b) for b in bands])
+    ratio = xr.DataArray(reddening, dims="band", coords={"band": bands})
+    known = ebv.fillna(0.0)
+    box = _teff_box(mags - known * ratio, errs, grid_mags)
+    if bool((~np.isfinite(ebv)).any()):
+        for trial in np.linspace(0.1, EBV_MAX, 5):
+            wider = _teff_box(mags - trial * ratio, errs, grid_mags)
+            fitted_e = ~np.isfinite(ebv)
+            box["teff_lo"] = xr.where(
+                fitted_e, np.fmin(box["teff_lo"], wider["teff_lo"]), box["teff_lo"]
+            )
+            box["teff_hi"] = xr.where(
+                fitted_e, np.fmax(box["teff_hi"], wider["teff_hi"]), box["teff_hi"]
+            )
+    extinction = xr.DataArray(extinction_curve(wave), dims="wavelength")
 
     fibers = xr.DataArray(standard_index(ds), dims="standard")
     flux = ds["flux"].isel(fiber=fibers)
@@ -170,29 +226,72 @@ def fit_standards(
         errs,
         box["teff_lo"],
         box["teff_hi"],
-        ds["wavelength"],
+        ebv,
+        vacuum,
+        extinction,
         *grid.values(),
         input_core_dims=[["wavelength"]] * 3
         + [["band"]] * 2
-        + [[], [], ["wavelength"]]
+        + [[], [], [], ["wavelength"], ["wavelength"]]
         + [list(a.dims) for a in grid.values()],
-        output_core_dims=[[]] * 10 + [["wavelength"], ["band"]],
+        output_core_dims=[[]] * 10 + [["wavelength"], ["band"], [], []],
         kwargs={
             "pairs": inputs["pairs"],
             "oversample": inputs["oversample"],
             "metric": metric,
             "vmax": float(vmax),
+            "reddening": reddening if redden else None,
+            "ebv_max": EBV_MAX,
         },
         dask="parallelized",
-        output_dtypes=[float] * 6 + ["int64", "int64", float, "int16", float, float],
+        output_dtypes=[float] * 6 + ["int64", "int64", float, "int16", float, float, float, float],
         dask_gufunc_kwargs={"allow_rechunk": True, "output_sizes": {"band": n_band}},
         keep_attrs=False,
     )
     fitted = dict(zip(FitBlock._fields, (bare(r) for r in results), strict=True))
+    fit_e = ~np.isfinite(ebv)
+    fitted["ebv_star"] = fitted["ebv"]
+    if redden and ebv_fit == "field" and bool(fit_e.any()):
+        # one E(B-V) for the field's fitted stars: the median of their colour
+        # fits (each is only as good as its spectroscopic Teff, ~0.04 mag)
+        usable = fit_e & status_ok(fitted["status"])
+        adopted, adopted_err = _field_ebv(fitted["ebv"].where(usable))
+        delta = xr.where(fit_e, adopted - fitted["ebv"], 0.0)
+        fitted["model"] = fitted["model"] * 10.0 ** (-0.4 * delta * extinction)
+        fitted["model_mags"] = fitted["model_mags"] + delta * xr.DataArray(reddening, dims="band")
+        fitted["ebv"] = fitted["ebv"] + delta
+        fitted["ebv_err"] = xr.where(fit_e, adopted_err, fitted["ebv_err"])
     new = {
         name: fitted[field].assign_attrs(units=units) for field, (name, units) in _SCALARS.items()
     }
     new["fit_alpha"] = xr.full_like(new["fit_teff"], inputs["alpha"]).assign_attrs(units="dex")
+    new["fit_ebv"] = fitted["ebv"].assign_attrs(
+        units="mag", long_name="E(B-V) the model is reddened by", law=LAW
+    )
+    new["fit_ebv_err"] = fitted["ebv_err"].assign_attrs(
+        units="mag", long_name="1 sigma of a fitted E(B-V) (NaN when from the catalogue)"
+    )
+    new["fit_ebv_star"] = fitted["ebv_star"].assign_attrs(
+        units="mag", long_name="E(B-V) fitted to this star's colours alone"
+    )
+    fitted_text = (
+        "fitted: field median of the stars' colour fits"
+        if ebv_fit == "field"
+        else "fitted to the colours"
+    )
+    new["ebv_source"] = (
+        xr.where(
+            np.isfinite(ebv),
+            ebv_source,
+            fitted_text if redden else "none (redden=False)",
+        )
+        .astype(str)
+        .assign_attrs(long_name="where fit_ebv comes from")
+    )
+    new["fit_rv"] = new["fit_rv"].assign_attrs(
+        long_name="observed-frame radial velocity, vacuum wavelength scale",
+        wavelength_medium=f"{medium} ({medium_source})",
+    )
     status = fitted["status"]
     new["fit_status"] = status.assign_attrs(fit_status_attrs())
     new["model_flux"] = fitted["model"].assign_attrs(
@@ -224,10 +323,71 @@ def fit_standards(
         template_grid=str(prepared.attrs.get("grid_source", "")),
         template_grid_id=str(prepared.attrs.get("grid_id", "")),
     )
+    out = with_medium(out, medium, medium_source)
     return add_history(
         out,
-        f"fit_standards: metric={metric}, FWHM={fwhm} A, grid {prepared.attrs.get('grid_id', '?')}",
+        f"fit_standards: metric={metric}, FWHM={fwhm} A, grid {prepared.attrs.get('grid_id', '?')}, "
+        f"{medium_note(medium, medium_source)}",
     )
+
+
+def status_ok(status: xr.DataArray) -> xr.DataArray:
+    """Fits whose parameters can be trusted (OK, or without colours)."""
+    return status.isin([int(s) for s in (FitStatus.OK, FitStatus.NO_COLORS)])
+
+
+def _field_ebv(values: xr.DataArray) -> tuple[xr.DataArray, xr.DataArray]:
+    """Median of the stars' E(B−V) and its robust error (lazy; NaN values do not count)."""
+    centre = _nanmedian(values)
+    spread = 1.4826 * _nanmedian(np.abs(values - centre))
+    n = values.notnull().sum("standard")
+    return centre.fillna(0.0), 1.2533 * spread / np.sqrt(np.maximum(n, 1))
+
+
+def _median_of(a: np.ndarray) -> np.ndarray:
+    finite = np.isfinite(a)
+    if not finite.any():
+        return np.asarray(np.nan)
+    return np.asarray(np.median(a[finite]))
+
+
+def _nanmedian(values: xr.DataArray) -> xr.DataArray:
+    """Median over ``standard`` ignoring NaN (NaN when none), lazy on dask."""
+    return xr.apply_ufunc(
+        _median_of,
+        values,
+        input_core_dims=[["standard"]],
+        dask="parallelized",
+        output_dtypes=[float],
+        dask_gufunc_kwargs={"allow_rechunk": True},
+    )
+
+
+def _catalogue_ebv(ds: xr.Dataset, redden: bool) -> tuple[xr.DataArray, xr.DataArray]:
+    """(E(B−V), source) per standard from the catalogue; NaN where it is to be fitted."""
+    n = ds.sizes["standard"]
+    if not redden:
+        return xr.DataArray(np.zeros(n), dims="standard"), xr.DataArray(
+            np.full(n, ""), dims="standard"
+        )
+    if "std_ebv" in ds:
+        ebv = bare(ds["std_ebv"]).astype(float)
+        source = bare(ds["std_ebv_source"]).astype(str) if "std_ebv_source" in ds else None
+        if source is None:
+            source = xr.DataArray(np.full(n, "catalogue"), dims="standard")
+        return ebv.where(np.isfinite(ebv)), source
+    return xr.DataArray(np.full(n, np.nan), dims="standard"), xr.DataArray(
+        np.full(n, ""), dims="standard"
+    )
+
+
+def _teff_box(mags: xr.DataArray, errs: xr.DataArray, grid_mags: xr.DataArray) -> xr.Dataset:
+    """The 3σ colour box, at least ±half a BOSZ Teff step (teff_candidates then adds the
+    nodes that bracket it, so the refinement can reach every Teff in it)."""
+    box = teff_from_colors(
+        mags.rename(standard="star"), errs.rename(standard="star"), grid_mags, teff_step=125.0
+    )
+    return box.rename(star="standard")
 
 
 def _as_template_grid(grid_mags: xr.DataArray) -> xr.DataArray:

@@ -106,7 +106,10 @@ def synthetic_mags(
     wavelength : array_like, shape (n_wave,), or None
         Strictly increasing vacuum wavelengths in A.  May be None when ``flux``
         is a DataArray with a 1-D ``wavelength`` coordinate (if both are given
-        they must agree).
+        they must agree).  They are used as given, like the filter curves
+        (as speclite tabulates them): the air wavelengths of a 2dfdr
+        exposure shift a broad-band magnitude by < 1 mmag; for the exact
+        value pass ``kx.vacuum_wavelength(ds).values`` with NumPy fluxes.
     flux : numpy.ndarray (..., n_wave) or xarray.DataArray with a ``wavelength`` dim
         F_lambda in erg/s/cm2/A (other units shift every magnitude by
         -2.5 log10 of the unit's size).  A DataArray may be dask-backed; the

@@ -9,6 +9,7 @@ from .._base.maskbits import bit, flag_attrs
 from .._base.provenance import add_history
 from .._base.regions import in_regions, line_mask
 from .._base.schema import bare, stage, standard_index, standards_used
+from .medium import as_vacuum, medium_note, resolve_medium, with_medium
 
 __all__ = ["star_calibrations"]
 
@@ -20,6 +21,7 @@ def star_calibrations(
     *,
     mask_regions="telluric_default",
     mask_lines="stellar_lines_default",
+    wavelength_medium=None,
 ) -> xr.Dataset:
     """Each standard's calibration: scaled model over observed counts.
 
@@ -35,6 +37,11 @@ def star_calibrations(
         ``data/masks/stellar_lines_default.txt``) where template mismatch is
         largest; each band moves with the star's RV and is widened by the
         instrument FWHM.  ``None``/``False``: no line is masked.
+    wavelength_medium : {None, "air", "vacuum"}
+        Medium of the exposure's wavelengths; None: the one
+        :func:`fit_standards` used (``attrs["wavelength_medium"]``), else the
+        file's, else air.  Both kinds of band are placed on the pixels'
+        vacuum wavelengths.
 
     Returns
     -------
@@ -63,13 +70,14 @@ def star_calibrations(
     cal = model / positive
     var = cal**2 * ((ds["scale_err"] / ds["scale"]) ** 2 + var_counts / positive**2)
 
-    wave = np.asarray(ds["wavelength"].values, dtype=float)
-    telluric = xr.DataArray(in_regions(wave, mask_regions), dims="wavelength")
+    medium, medium_source = resolve_medium(ds, wavelength_medium)
+    vacuum = as_vacuum(ds["wavelength"], medium)  # the bands are tabulated in vacuum
+    telluric = xr.DataArray(in_regions(vacuum.values, mask_regions), dims="wavelength")
     widen = float(ds.attrs.get("fit_fwhm_median", 0.0))
     lines = bare(
         xr.apply_ufunc(
             line_mask,
-            ds["wavelength"],
+            vacuum,
             ds["fit_rv"],
             input_core_dims=[["wavelength"], ["standard"]],
             output_core_dims=[["standard", "wavelength"]],
@@ -95,7 +103,10 @@ def star_calibrations(
         .transpose("standard", "wavelength")
         .assign_attrs(flag_attrs(), long_name="per-star calibration bitmask (0 = good)"),
     )
-    return add_history(out, "star_calibrations: Cal = scale*model/counts")
+    out = with_medium(out, medium, medium_source)
+    return add_history(
+        out, f"star_calibrations: Cal = scale*model/counts, {medium_note(medium, medium_source)}"
+    )
 
 
 def _cal_units(ds: xr.Dataset) -> str:

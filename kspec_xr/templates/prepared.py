@@ -283,7 +283,8 @@ class PreparedTemplates:
         if lo is not None and hi is not None and (wave[0] < lo - 1e-6 or wave[-1] > hi + 1e-6):
             raise CalibrationError(
                 f"the prepared templates cover {lo:.0f}-{hi:.0f} Å but the exposure spans "
-                f"{wave[0]:.0f}-{wave[-1]:.0f} Å; prepare them for this exposure's grid"
+                f"{wave[0]:.0f}-{wave[-1]:.0f} Å; prepare them for this exposure's grid "
+                "(its vacuum wavelengths, kx.vacuum_wavelength(ds), for a file in air)"
             )
 
     # -- what the fit kernel gets ---------------------------------------------
@@ -541,7 +542,10 @@ def prepare_templates(
         alpha, wavelength`` or ``template, wavelength``, with a ``continuum``
         coordinate and ``resolution`` / ``grid_id`` attributes).
     wavelength : array-like or xr.DataArray
-        The exposure's common wavelength grid (Å, increasing, 1-D).
+        The exposure's common wavelength grid (Å, increasing, 1-D), in
+        vacuum like the templates: ``kx.vacuum_wavelength(ds)`` (what
+        :func:`kspec_xr.fit_standards` uses; the same as ``ds.wavelength``
+        for a vacuum file).
     fwhm : float, sequence of float or callable
         Instrument FWHM in Å: a constant, polynomial coefficients in λ
         (lowest order first) or a function of λ.

@@ -20,9 +20,11 @@ import xarray as xr
 from astropy.io import fits
 
 from .._base.bands import ab_offset
+from .._base.dust import band_ratio
 from .._base.regions import read_regions
 from ..io import open_red
 from ..io.catalog import REFCAT2_COLUMNS, REFCAT2_PHOTOMETRY
+from ..kernels.air import air_to_vacuum
 from ..kernels.resample import SIGMA_PER_FWHM, edges_from_centers, resample_matrix
 from ..kernels.rv import C_KMS
 from ..stages.photometry import synthetic_mags
@@ -142,6 +144,7 @@ def make_exposure(
     n_pixel: int = 2048,
     wave_range: tuple[float, float] = (3700.0, 9300.0),
     fwhm: float = 2.5,
+    fwhm_card: bool = True,
     snr: float = 40.0,
     rv_max: float = 300.0,
     std_teff: tuple[float, float] = (5700.0, 7300.0),
@@ -149,6 +152,8 @@ def make_exposure(
     std_mh: tuple[float, float] = (-1.6, 0.3),
     std_mag: tuple[float, float] = (16.0, 16.9),
     mismatch: float = 0.0,
+    ebv: tuple[float, float] | None = None,
+    catalog_ebv: bool = True,
     star_model: str = "standin",
     bad_standards: Mapping[int, tuple] | None = None,
     n_bright: int = 0,
@@ -156,6 +161,8 @@ def make_exposure(
     shuffle_catalog: bool = True,
     ra_unit: str = "radians",
     dispaxis: int = 1,
+    medium: str = "vacuum",
+    declare_medium: bool = True,
     directory: str | Path | None = None,
     name: str = "sim",
 ) -> SimulatedExposure:
@@ -172,6 +179,8 @@ def make_exposure(
     n_pixel, wave_range, fwhm : int, (float, float), float
         Linear (scrunched) wavelength grid and instrument FWHM in Å
         (written as ``SPECFWHM``).
+    fwhm_card : bool
+        False leaves ``SPECFWHM`` out of the header, as 2dfdr does.
     snr : float
         Typical per-pixel S/N of a standard at the throughput peak (stars
         of ``std_mag`` span roughly 0.75–1.25 of it).
@@ -185,6 +194,14 @@ def make_exposure(
         scales each star's line strengths by a factor in 1 ± 0.3 and tilts its
         continuum by (λ/5500)**t, |t| ≤ mismatch/6 — stars the grid does not
         match exactly.
+    ebv : (float, float), optional
+        Redden each standard by an E(B−V) drawn uniformly in this range,
+        through the G23 law at an R_V drawn in 2.9–3.3 (the calibration
+        assumes 3.1: the stars' dust is not exactly the model's).
+    catalog_ebv : bool
+        With ``ebv``: write each standard's g-band extinction into the
+        catalogue's ``Ag`` (with a 5 % error, as from a dust map); False leaves
+        ``Ag`` at 0, so E(B−V) must be fitted.
     star_model : {"standin", "other"}
         ``"other"`` builds the standards another way than the grid: the
         stand-in's spectrum times a continuum ripple of 1–3 % (random period
@@ -209,6 +226,14 @@ def make_exposure(
         Unit of ``RA``/``DEC`` in the FIBRES table (2dfdr writes radians).
     dispaxis : {1, 2}
         2 stores the images transposed on disk (``DISPAXIS=2``).
+    medium : {"vacuum", "air"}
+        The medium of the file's wavelength grid.  With ``"air"`` the linear
+        pixel grid is an air grid and every physical spectrum (stars,
+        galaxies, sky lines, telluric bands) is evaluated at the pixels'
+        vacuum wavelengths (``truth.vacuum_wavelength``).
+    declare_medium : bool
+        Write the medium as ``CTYPE1`` (``'WAVE'`` / ``'AWAV'``); False writes
+        2dfdr's ``'Wavelength'``, which says nothing (read as air).
     directory : path, optional
         Where the RED file and the catalogue CSV go (a new temporary folder
         when omitted).
@@ -242,9 +267,12 @@ def make_exposure(
             )
     if ra_unit not in ("radians", "degrees"):
         raise ValueError("ra_unit must be 'radians' or 'degrees'")
+    if medium not in ("vacuum", "air"):
+        raise ValueError(f"medium must be 'vacuum' or 'air', not {medium!r}")
     rng = np.random.default_rng(seed)
-    lam = np.linspace(wave_range[0], wave_range[1], n_pixel)
-    pix_edges = edges_from_centers(lam)
+    lam = np.linspace(wave_range[0], wave_range[1], n_pixel)  # the file's grid, in `medium`
+    vac = air_to_vacuum(lam) if medium == "air" else lam  # where the light is evaluated
+    pix_edges = edges_from_centers(vac)
 
     # --- fibers and positions ------------------------------------------------
     types = np.full(n_fiber, "P")
@@ -272,8 +300,12 @@ def make_exposure(
     n_std = std_idx.size
     std = {
         k: np.zeros(n_std)
-        for k in ("teff", "logg", "mh", "alpha", "rv", "mag_r", "line_scale", "continuum_tilt")
-    }
+        for k in (
+            "teff", "logg", "mh", "alpha", "rv", "mag_r", "line_scale", "continuum_tilt",
+            "ebv", "r_v", "ag",
+        )
+    }  # fmt: skip
+    dust_rng = np.random.default_rng(seed + 7919)  # its own stream: the rest is unchanged
     std_true = np.zeros((n_std, n_pixel))
     std_mags = np.zeros((n_std, len(bands)))
     for k in range(n_std):
@@ -297,11 +329,17 @@ def make_exposure(
         surface = 4.0 * np.pi * h
         if star_model == "other":
             surface = surface * _other_star_factor(native, rv, teff, mh, seed * 1009 + k)
+        e_bv, r_v, a_g = 0.0, 3.1, 0.0
+        if ebv is not None:
+            e_bv, r_v = dust_rng.uniform(*ebv), dust_rng.uniform(2.9, 3.3)
+            surface = surface * 10.0 ** (-0.4 * e_bv * _extinction(native, r_v))
+            a_g = e_bv * band_ratio("panstarrs-g") * (1.0 + 0.05 * dust_rng.normal())
         m_surface = synthetic_mags(native, surface, bands)
         dilution = 10 ** (-0.4 * (mag_r - m_surface[bands.index("panstarrs-r")]))
         std_mags[k] = m_surface - 2.5 * np.log10(dilution)
         std_true[k] = to_pixels @ (surface * dilution)
-        for key, value in zip(std, (teff, logg, mh, 0.0, rv, mag_r, line_scale, tilt), strict=True):
+        values = (teff, logg, mh, 0.0, rv, mag_r, line_scale, tilt, e_bv, r_v, a_g)
+        for key, value in zip(std, values, strict=True):
             std[key][k] = value
 
     # --- program targets ---------------------------------------------------
@@ -310,25 +348,25 @@ def make_exposure(
     prog_resolution = float(np.median(lam) / fwhm)
     for f in np.flatnonzero(types == "P"):
         if rng.uniform() < 0.3:
-            star = _program_star(lam, rng, rv_max, prog_resolution)
+            star = _program_star(vac, rng, rv_max, prog_resolution)
             true_flux[f] = star * 10 ** rng.uniform(-22.3, -21.3)
         else:
-            true_flux[f] = _galaxy_flux(lam, rng)
+            true_flux[f] = _galaxy_flux(vac, rng)
     # bright program stars (their own random stream: the rest of the exposure is unchanged)
     bright_rng = np.random.default_rng(seed + 4242)
     for f in np.flatnonzero(types == "P")[:n_bright]:
-        flux = _program_star(lam, bright_rng, rv_max, prog_resolution)
-        m_r = synthetic_mags(lam, flux, ["panstarrs-r"])[0]
+        flux = _program_star(vac, bright_rng, rv_max, prog_resolution)
+        m_r = synthetic_mags(vac, flux, ["panstarrs-r"])[0]
         true_flux[f] = flux * 10 ** (-0.4 * (bright_rng.uniform(14.5, 15.5) - m_r))
 
     # --- instrument, atmosphere, noise --------------------------------------
     shape = throughput_curve(lam, seed=seed)
-    telluric = telluric_transmission(lam, seed=seed)
+    telluric = telluric_transmission(vac, seed=seed)
     peak = int(np.argmax(shape))
     typical = np.median(std_true[:, peak]) if n_std else 1e-16
     gain = snr**2 / typical * 1.15  # counts per unit flux density at the peak
     throughput = gain * shape
-    sky_counts = throughput * _sky_flux(lam, rng)
+    sky_counts = throughput * _sky_flux(vac, rng)
     read_noise = 3.5 * np.sqrt(5.0)  # e-, summed over the extraction profile
     bad = np.full(n_std, "", dtype=object)
     catalog_mags = std_mags.copy()
@@ -367,6 +405,7 @@ def make_exposure(
         dec0,
         n_extra=n_extra_catalog,
         shuffle=shuffle_catalog,
+        ag=std["ag"] if ebv is not None and catalog_ebv else None,
     )
 
     # --- the RED file ---------------------------------------------------------
@@ -385,11 +424,17 @@ def make_exposure(
         dec,
         sky_counts,
         fwhm=fwhm,
+        fwhm_card=fwhm_card,
         seed=seed,
         mags=_fiber_mags(types, std_idx, std["mag_r"], rng),
         ra_unit=ra_unit,
         dispaxis=dispaxis,
         field=(ra0, dec0),
+        ctype=(
+            ({"air": "AWAV", "vacuum": "WAVE"}[medium], f"{medium} wavelengths, linear axis")
+            if declare_medium
+            else ("Wavelength", "scrunched linear wavelength axis")
+        ),
     )
     hdul.writeto(red_path, overwrite=True)
     catalog.to_csv(cat_path, index=False, na_rep="", float_format="%.7g")
@@ -404,6 +449,7 @@ def make_exposure(
                 {"units": "erg/cm2/s/A", "long_name": "true top-of-atmosphere flux density"},
             ),
             "telluric": ("wavelength", telluric, {"units": "1"}),
+            "vacuum_wavelength": ("wavelength", vac, {"units": "Angstrom"}),
             "throughput": ("wavelength", throughput, {"units": "count/(erg/cm2/s/A)"}),
             "calibration": ("wavelength", 1.0 / throughput, {"units": "erg/cm2/s/A/count"}),
             "sky": ("wavelength", sky_counts, {"units": "count"}),
@@ -429,12 +475,22 @@ def make_exposure(
             "snr": snr,
             "mismatch": mismatch,
             "star_model": star_model,
+            "medium": medium,
+            "declare_medium": int(declare_medium),
         },
     )
     return SimulatedExposure(red, catalog, truth, red_path, cat_path)
 
 
 _SPOILS = ("photometry", "no_star", "counts", "dead")
+
+
+def _extinction(wave: np.ndarray, r_v: float) -> np.ndarray:
+    """A(λ)/E(B−V) of the G23 law at ``r_v`` (vacuum Å)."""
+    from dust_extinction.parameter_averages import G23
+
+    x = 1e4 / np.clip(wave, 912.0 * 1.0001, 3.2e5 * 0.9999)
+    return r_v * np.asarray(G23(Rv=r_v).evaluate(x, r_v))
 
 
 def _other_star_factor(native, rv, teff, mh, seed):
@@ -468,7 +524,7 @@ def _fiber_mags(types, std_idx, std_mag, rng):
     return mags
 
 
-def _make_catalog(rng, ra, dec, mags, teff, bands, ra0, dec0, *, n_extra, shuffle):
+def _make_catalog(rng, ra, dec, mags, teff, bands, ra0, dec0, *, n_extra, shuffle, ag=None):
     """RefCat2 rows for the standards (+ field stars); returns (frame, row of each standard)."""
     n_std = ra.size
     jitter = 0.15 / 3600.0  # fiber positions vs catalogue: 0.15"
@@ -499,6 +555,8 @@ def _make_catalog(rng, ra, dec, mags, teff, bands, ra0, dec0, *, n_extra, shuffl
         frame[err_column] = err
     frame["Teff"] = np.round(all_teff + rng.normal(0, 150, n))
     frame["AGaia"] = frame["Ag"] = frame["dupvar"] = 0.0
+    if ag is not None:  # the standards' g-band extinction, as RefCat2 gives it
+        frame.loc[: n_std - 1, "Ag"] = np.round(ag, 3)
     frame["rp1"], frame["r1"], frame["r10"] = rng.uniform(5, 30, n), rng.uniform(10, 36, n), 36.0
     for b in "griz":
         frame[f"{b}chi"], frame[f"{b}contrib"] = rng.uniform(0.3, 2.0, n), 0.0
@@ -513,7 +571,9 @@ def _make_catalog(rng, ra, dec, mags, teff, bands, ra0, dec0, *, n_extra, shuffl
 
 
 def _red_hdulist(
-    lam, counts, variance, types, ra, dec, sky, *, fwhm, seed, mags, ra_unit, dispaxis, field
+    lam, counts, variance, types, ra, dec, sky, *, fwhm, seed, mags, ra_unit, dispaxis, field,
+    fwhm_card=True,
+    ctype=("WAVE", "vacuum wavelengths, linear axis"),
 ):
     n_fiber, n_pixel = counts.shape
     flux32, var32 = counts.astype("float32"), variance.astype("float32")
@@ -523,7 +583,7 @@ def _red_hdulist(
     h = primary.header
     axis = 1 if dispaxis == 1 else 2
     h["BUNIT"] = ("Counts", "units of the extracted spectra")
-    h[f"CTYPE{axis}"] = ("Wavelength", "scrunched linear wavelength axis")
+    h[f"CTYPE{axis}"] = ctype
     h[f"CUNIT{axis}"] = ("Angstroms", "")
     h[f"CRVAL{axis}"] = (float(lam[0]), "wavelength of the reference pixel")
     h[f"CDELT{axis}"] = (float(lam[1] - lam[0]), "wavelength increment per pixel")
@@ -538,7 +598,8 @@ def _red_hdulist(
     h["UTMJD"] = (61000.0 + seed * 0.01, "MJD at the start of the exposure")
     h["ZDSTART"] = (30.0, "zenith distance at start (deg)")
     h["ZDEND"] = (32.0, "zenith distance at end (deg)")
-    h["SPECFWHM"] = (float(fwhm), "instrument FWHM (Angstrom)")
+    if fwhm_card:
+        h["SPECFWHM"] = (float(fwhm), "instrument FWHM (Angstrom)")
     h["SCRUNCH"] = (True, "spectra scrunched to a common linear grid")
     h["HISTORY"] = "simulated by kspec_xr.testing.make_exposure"
     wavela = np.broadcast_to(lam, (n_fiber, n_pixel))

@@ -1,0 +1,162 @@
+"""The instrument FWHM measured from the standards, and interstellar reddening.
+
+Known truths: Gaussian widths add in quadrature; a simulated exposure's FWHM
+and its standards' E(B−V) (drawn through G23 at an R_V other than the
+calibration's 3.1, so the dust is not exactly the model's).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from astropy.io import fits
+
+import kspec_xr as kx
+from kspec_xr._base.dust import band_ratio, extinction_curve
+from kspec_xr._base.errors import CalibrationError
+from kspec_xr.io import calibration_warning
+from kspec_xr.kernels.lsf import gaussian_blur, profile_minimum, round_fwhm
+from kspec_xr.kernels.photometry import ColorChi2
+from kspec_xr.stages import header_fwhm
+from kspec_xr.testing import make_exposure
+from kspec_xr.testing.accuracy import accuracy_report
+
+
+def _width(profile: np.ndarray) -> float:
+    x = np.arange(profile.size)
+    w = profile / profile.sum()
+    mean = (x * w).sum()
+    return float(np.sqrt(((x - mean) ** 2 * w).sum()))
+
+
+def test_blur_adds_widths_in_quadrature():
+    x = np.arange(512, dtype=float)
+    line = np.exp(-0.5 * ((x - 256.0) / 2.0) ** 2)
+    blurred = gaussian_blur(line, np.array([0.0, 1.5, 3.0]))
+    assert _width(blurred[0]) == pytest.approx(2.0, rel=1e-3)
+    assert _width(blurred[1]) == pytest.approx(np.hypot(2.0, 1.5), rel=1e-3)
+    assert _width(blurred[2]) == pytest.approx(np.hypot(2.0, 3.0), rel=1e-3)
+    # flux is conserved
+    assert blurred.sum(axis=1) == pytest.approx(np.full(3, line.sum()), rel=1e-9)
+
+
+def test_profile_minimum_finds_the_vertex_and_refuses_an_edge():
+    trials = np.geomspace(1.0, 10.0, 30)
+    chi2 = 1000.0 + 400.0 * (np.log(trials) - np.log(3.3)) ** 2
+    fwhm, err = profile_minimum(trials, chi2, dof=1000)
+    assert fwhm == pytest.approx(3.3, rel=1e-6)
+    assert err == pytest.approx(3.3 / np.sqrt(400.0), rel=1e-6)
+    assert np.isnan(profile_minimum(trials, 1000.0 + trials, dof=1000)[0])
+
+
+def test_round_fwhm_is_on_a_two_percent_grid():
+    assert round_fwhm(3.5) == round_fwhm(3.51)
+    assert abs(round_fwhm(3.5) / 3.5 - 1) < 0.011
+
+
+@pytest.mark.parametrize("value", ["abc", True, -2.0, 0.0])
+def test_bad_specfwhm_is_a_clear_error(value):
+    ds = make_exposure(0, n_fiber=12, n_standard=3, n_pixel=600).red
+    header = fits.Header(ds.attrs["primary_header"]) if "primary_header" in ds.attrs else None
+    from kspec_xr._base.provenance import with_header_cards
+
+    bad = with_header_cards(ds, {"SPECFWHM": (value, "")})
+    with pytest.raises(CalibrationError, match="SPECFWHM"):
+        header_fwhm(bad)
+    del header
+
+
+@pytest.fixture(scope="module")
+def no_fwhm_exposure(tmp_path_factory):
+    # true FWHM 4.4 A, no SPECFWHM card (as 2dfdr writes), stars the grid does not match
+    return make_exposure(
+        11, n_fiber=24, n_standard=6, n_pixel=3000, fwhm=4.4, mismatch=0.3,
+        fwhm_card=False, directory=tmp_path_factory.mktemp("nofwhm"),
+    )  # fmt: skip
+
+
+def test_fwhm_is_measured_when_the_header_has_none(no_fwhm_exposure, tmp_path):
+    sim = no_fwhm_exposure
+    assert "SPECFWHM" not in fits.getheader(sim.red_path)
+    out = sim.red.pipe(kx.flux_calibrate, catalog=sim.catalog_path).compute()
+    assert out.attrs["fwhm_source"].startswith("measured on")
+    assert abs(out.attrs["fwhm_used"] / 4.4 - 1) < 0.10
+    report = accuracy_report(out, sim.truth)
+    assert report["cal_median_abs_dev"] < 0.015
+    path = kx.write_red(out, tmp_path / "out.fits")
+    header = fits.getheader(path)
+    assert abs(header["FCALFWHM"] / 4.4 - 1) < 0.10
+    assert "measured" in header.comments["FCALFWHM"]
+    assert "FCALWARN" not in header
+
+
+def test_a_wrong_fwhm_is_used_but_warned_about(no_fwhm_exposure, tmp_path):
+    sim = no_fwhm_exposure
+    out = sim.red.pipe(kx.flux_calibrate, catalog=sim.catalog_path, fwhm=12.0).compute()
+    assert out.attrs["fwhm_used"] == pytest.approx(12.0)
+    warning = calibration_warning(out)
+    assert "FWHM 12" in warning and "disagrees" in warning
+    header = fits.getheader(kx.write_red(out, tmp_path / "wrong.fits"))
+    assert header["FCALFWHM"] == pytest.approx(12.0)
+    assert header["FCALFWME"] < 12.0 / 1.25  # biased towards the FWHM fitted at, still flagged
+    assert "FWHM" in header["FCALWARN"]
+    # the right one passes the same check
+    right = sim.red.pipe(kx.flux_calibrate, catalog=sim.catalog_path, fwhm=4.4).compute()
+    assert "FWHM" not in calibration_warning(right)
+
+
+def test_colour_chi2_profiles_out_a_known_reddening():
+    bands = ["panstarrs-g", "panstarrs-r", "panstarrs-i", "panstarrs-z"]
+    ratio = np.array([band_ratio(b) for b in bands])
+    intrinsic = np.array([[0.40, 0.0, -0.10, -0.15], [0.60, 0.0, -0.2, -0.3]])
+    observed = intrinsic[0] + 0.07 * ratio
+    pairs = np.array([[0, 1], [1, 2], [2, 3]])
+    chi = ColorChi2(observed, np.full(4, 0.01), pairs, reddening=ratio, ebv_max=0.5)
+    scores = chi(intrinsic)
+    assert scores[0, 0] == pytest.approx(0.0, abs=1e-9)
+    assert chi.last_ebv[0, 0] == pytest.approx(0.07, abs=1e-9)
+    assert scores[0, 1] > 10.0  # the wrong template stays wrong under any E(B-V)
+    plain = ColorChi2(observed, np.full(4, 0.01), pairs)
+    assert plain(intrinsic)[0, 0] > 30.0  # without the reddening the right template is off
+
+
+def test_extinction_law_is_g23():
+    # A(V)/E(B-V) = R_V = 3.1 at 5500 A (V), redder is less extinguished
+    assert extinction_curve([5500.0])[0] == pytest.approx(3.1, rel=0.03)
+    assert np.all(np.diff(extinction_curve(np.linspace(3700, 9300, 50))) < 0)
+    assert 3.4 < band_ratio("panstarrs-g") < 3.9
+
+
+@pytest.fixture(scope="module")
+def reddened(tmp_path_factory):
+    return make_exposure(
+        4, n_fiber=24, n_standard=6, n_pixel=2500, fwhm=3.0, mismatch=0.2, ebv=(0.05, 0.08),
+        directory=tmp_path_factory.mktemp("dust"),
+    )  # fmt: skip
+
+
+def test_catalogue_extinction_reddens_the_models(reddened):
+    sim = reddened
+    out = sim.red.pipe(kx.flux_calibrate, catalog=sim.catalog_path).compute()
+    truth = sim.truth["ebv"].values
+    assert np.median(np.abs(out["fit_ebv"].values - truth)) < 0.01
+    assert all("Ag" in str(s) for s in out["ebv_source"].values)
+    dusty = accuracy_report(out, sim.truth)["cal_median_abs_dev"]
+    plain = sim.red.pipe(kx.flux_calibrate, catalog=sim.catalog_path, redden=False).compute()
+    assert accuracy_report(plain, sim.truth)["cal_median_abs_dev"] > dusty
+    assert dusty < 0.015
+
+
+def test_reddening_is_fitted_when_the_catalogue_has_none(tmp_path):
+    sim = make_exposure(
+        4, n_fiber=24, n_standard=6, n_pixel=2500, fwhm=3.0, mismatch=0.2, ebv=(0.05, 0.08),
+        catalog_ebv=False, directory=tmp_path,
+    )  # fmt: skip
+    out = sim.red.pipe(kx.flux_calibrate, catalog=sim.catalog_path).compute()
+    assert all("fitted" in str(s) for s in out["ebv_source"].values)
+    assert abs(float(np.median(out["fit_ebv"].values)) - float(np.median(sim.truth["ebv"]))) < 0.03
+    clean = make_exposure(
+        4, n_fiber=24, n_standard=6, n_pixel=2500, fwhm=3.0, mismatch=0.2, directory=tmp_path / "c"
+    )
+    none = clean.red.pipe(kx.flux_calibrate, catalog=clean.catalog_path).compute()
+    assert float(np.median(none["fit_ebv"].values)) < 0.02
