@@ -169,7 +169,10 @@ def reddening(args, grid, folder: Path) -> None:
 #: rows of the resolution section: the true FWHM, the header card or not, a wrong given one
 FWHM_CASES: dict[str, tuple[dict, dict]] = {
     **{
-        f"true {f:.1f} A, no SPECFWHM: measured": ({"fwhm": f, "fwhm_card": False}, {})
+        f"true {f:.1f} A, no SPECFWHM: measured": (
+            {"fwhm": f, "fwhm_card": False},
+            {"fwhm": "measure"},
+        )
         for f in (2.0, 3.5, 6.0)
     },
     "true 3.5 A, SPECFWHM given": ({"fwhm": 3.5}, {}),

@@ -140,6 +140,9 @@ def main() -> None:
                 for f in files
             ]
             old = [] if args.no_before else legacy.run(jobs, args.before)
+            # "before" keeps its own stand-in grid in the cache and drops this tree's:
+            # open it again (rebuilt if it is gone)
+            grid = kx.open_bosz()
             print(f"\n{arm} arm (FWHM {FWHM[arm]} Å)")
             residuals: dict[str, list[float]] = {}
             for k, path in enumerate(files):

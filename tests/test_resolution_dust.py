@@ -78,7 +78,9 @@ def no_fwhm_exposure(tmp_path_factory):
 def test_fwhm_is_measured_when_the_header_has_none(no_fwhm_exposure, tmp_path):
     sim = no_fwhm_exposure
     assert "SPECFWHM" not in fits.getheader(sim.red_path)
-    out = sim.red.pipe(kx.flux_calibrate, catalog=sim.catalog_path).compute()
+    with pytest.raises(CalibrationError, match="SPECFWHM"):
+        sim.red.pipe(kx.flux_calibrate, catalog=sim.catalog_path)
+    out = sim.red.pipe(kx.flux_calibrate, catalog=sim.catalog_path, fwhm="measure").compute()
     assert out.attrs["fwhm_source"].startswith("measured on")
     assert abs(out.attrs["fwhm_used"] / 4.4 - 1) < 0.10
     report = accuracy_report(out, sim.truth)

@@ -64,7 +64,7 @@ def header_fwhm(ds: xr.Dataset, *, required: bool = True) -> float | None:
             return None
         raise CalibrationError(
             "the primary header has no SPECFWHM (instrument FWHM in Å); pass fwhm=... "
-            "(CLI: --fwhm, pipeline: CALIBFLUX_FWHM), or let kx.flux_calibrate measure it"
+            "(CLI: --fwhm, pipeline: CALIBFLUX_FWHM), or fwhm='measure' (--fwhm measure)"
         )
     number = value if isinstance(value, int | float) and not isinstance(value, bool) else None
     if number is None:
