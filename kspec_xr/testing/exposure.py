@@ -571,7 +571,20 @@ def _make_catalog(rng, ra, dec, mags, teff, bands, ra0, dec0, *, n_extra, shuffl
 
 
 def _red_hdulist(
-    lam, counts, variance, types, ra, dec, sky, *, fwhm, seed, mags, ra_unit, dispaxis, field,
+    lam,
+    counts,
+    variance,
+    types,
+    ra,
+    dec,
+    sky,
+    *,
+    fwhm,
+    seed,
+    mags,
+    ra_unit,
+    dispaxis,
+    field,
     fwhm_card=True,
     ctype=("WAVE", "vacuum wavelengths, linear axis"),
 ):
