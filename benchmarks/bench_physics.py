@@ -20,8 +20,9 @@ Sections (each a function in :data:`SECTIONS`; ``--only NAME`` runs one):
   (``mismatch=0.3``): E(B−V) from RefCat2's ``Ag``, fitted when the catalogue
   has none, and not modelled (the old behaviour); unreddened exposures with
   E(B−V) fitted must lose nothing.  Extra column: median |ΔE(B−V)|.
-- ``fwhm``: no ``SPECFWHM`` (true 2, 3.5, 6 Å), measured from the
-  standards; the card given; a wrong FWHM given (warned).  Extra columns:
+- ``fwhm``: no ``SPECFWHM`` (true 2, 3.5, 6 Å), measured on the ``SKY``
+  spectrum's lines, and without it on the standards; the card given; a wrong
+  FWHM given (warned).  Extra columns:
   FWHM used / true, measured / true, warned (1 = FCALWARN).
 
 Columns: median ΔRV and median |ΔRV| of the standards against the truth
@@ -34,6 +35,7 @@ Run: ``python benchmarks/bench_physics.py [--seeds 3] [--only air]``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import tempfile
 import time
 import warnings
@@ -127,6 +129,9 @@ def _cases(args, grid, folder: Path, name: str, cases: dict, extra: Callable) ->
                 600 + seed, directory=folder / f"{name}{seed}_{k}", name="x", **SIM,
                 mismatch=0.3, **sim_options,
             )  # fmt: skip
+            options = dict(options)
+            if options.pop("drop_sky", False):  # no SKY spectrum: the stars must measure it
+                sim = dataclasses.replace(sim, red=sim.red.drop_vars("SKY"))
             out = _calibrate(sim, grid, **options)
             report = _report(out, sim)
             report.update(extra(out, sim))
@@ -169,9 +174,13 @@ def reddening(args, grid, folder: Path) -> None:
 #: rows of the resolution section: the true FWHM, the header card or not, a wrong given one
 FWHM_CASES: dict[str, tuple[dict, dict]] = {
     **{
-        f"true {f:.1f} A, no SPECFWHM: measured": (
+        f"true {f:.1f} A, no SPECFWHM: sky lines": ({"fwhm": f, "fwhm_card": False}, {})
+        for f in (2.0, 3.5, 6.0)
+    },
+    **{
+        f"true {f:.1f} A, no SPECFWHM, no SKY: stars": (
             {"fwhm": f, "fwhm_card": False},
-            {"fwhm": "measure"},
+            {"drop_sky": True},
         )
         for f in (2.0, 3.5, 6.0)
     },

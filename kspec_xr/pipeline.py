@@ -24,7 +24,7 @@ from ._base.paths import same_file
 from ._base.provenance import add_history, primary_header
 from ._base.schema import FLUX_UNITS, source_name, standard_reasons
 from .io import calibration_summary, open_red, write_red
-from .kernels.lsf import round_fwhm
+from .kernels.lsf import MAX_SCATTER, combine_fwhm, round_fwhm, sky_line_fwhm
 from .stages import (
     GATE_DEFAULTS,
     apply_calibration,
@@ -97,7 +97,8 @@ def flux_calibrate(
     fwhm : float, polynomial coefficients, callable or "measure", optional
         Instrument FWHM in Å (a constant, coefficients in λ lowest order
         first, or a function of λ).  Default: ``SPECFWHM`` from the header,
-        and where the header has none, measured from the standards
+        and where the header has none, measured: on the ``SKY`` spectrum's
+        lines, else on the standards, and refused when the stars disagree
         (:func:`fit_at_resolution`); ``"measure"`` always measures it.
     check_fwhm : bool
         Measure the FWHM from the standards also when it is given, and warn
@@ -198,22 +199,32 @@ def fit_at_resolution(
     ``fwhm`` given (or ``SPECFWHM`` in the header): one fit at it, then, with
     ``check_fwhm``, the FWHM measured on the fitted standards
     (:func:`kspec_xr.stages.measure_resolution`, lazy) for the writer's check.
-    Otherwise (no ``SPECFWHM``, or ``fwhm="measure"``) the FWHM is measured
-    from the standards: a fit at 3 pixels, the FWHM measured on its stars, a
-    fit at that, and so on (secant steps) until the measurement agrees with
-    the FWHM of the fit within 3 % (at most :data:`MEASURE_PASSES` fits: the
-    stars' line strengths and the resolution trade off, so a measurement made
-    on a fit at the wrong width is biased towards that width).  Measured
-    FWHMs are rounded to 2 % steps, so that the exposures of one setup share
-    a prepared grid.  This path computes the standards' fits.
 
+    Otherwise (no ``SPECFWHM``, or ``fwhm="measure"``) it is measured:
+
+    1. on the sky's emission lines when the exposure has a ``SKY`` spectrum
+       (:func:`kspec_xr.kernels.lsf.sky_line_fwhm`: no template involved),
+       if at least 3 isolated lines agree to 10 %; else
+    2. on the standards: a fit at 3 pixels, the FWHM measured on its stars, a
+       fit at that, and so on (secant steps) until the measurement agrees
+       with the FWHM of the fit within 3 % (at most :data:`MEASURE_PASSES`
+       fits: the stars' parameters and the resolution trade off, so a
+       measurement on a fit at the wrong width is biased towards it).  The
+       stars must agree to 10 % (robust scatter): where the templates do not
+       match the stars' lines (the bundled stand-in grid on real F stars) they
+       scatter by 30 % and more and their median is wrong by 2×, and the
+       measurement is refused.
+
+    Measured FWHMs are rounded to 2 % steps, so that the exposures of one
+    setup share a prepared grid.  Measuring computes the standards' fits.
     The result carries ``fwhm_used`` (median Å over the spectrum) and
     ``fwhm_source`` as attributes.
 
     Raises
     ------
     CalibrationError
-        No standard gave a measurement (the message says to pass ``fwhm``).
+        The FWHM had to be measured and could not be, reliably (the message
+        gives the numbers and says to pass ``fwhm``).
     """
     measure = isinstance(fwhm, str)
     if measure and fwhm != "measure":
@@ -221,22 +232,33 @@ def fit_at_resolution(
             f"fwhm must be a number, coefficients, a callable or 'measure', not {fwhm!r}"
         )
     if fwhm is None:
-        # no SPECFWHM is an error, not a measurement, until the measurement is
-        # validated on real frames (on the OzDES night it gave 12 A for ~3.7 A)
-        fwhm = header_fwhm(ds, required=True)
+        fwhm = header_fwhm(ds, required=False)
         source = "SPECFWHM header card"
+        measure = fwhm is None
     else:
         source = "given (fwhm option)"
     measure_options = {
         k: v for k, v in fit_options.items() if k in ("mask_regions", "cache", "wavelength_medium")
     }
+    checked = check_fwhm and not isinstance(templates, PreparedTemplates)
+    sky = _sky_estimate(ds) if (measure or check_fwhm) else None
+    sky_attrs = (
+        {"fwhm_sky": sky.fwhm, "fwhm_sky_err": sky.err, "fwhm_sky_lines": sky.n}
+        if sky is not None and sky.reliable
+        else {}
+    )
+    if measure:
+        if sky is not None and sky.reliable:
+            fwhm = round_fwhm(sky.fwhm)
+            source = f"measured on {sky.n} sky lines"
+            measure, checked = False, True
     if not measure:
         fitted = fit_standards(ds, templates, fwhm=fwhm, **fit_options)
-        if check_fwhm and not isinstance(templates, PreparedTemplates):
+        if checked:
             # (a grid prepared by the caller is for the FWHM they chose: not re-checked)
             fitted = measure_resolution(fitted, templates, **measure_options)
         return fitted.assign_attrs(
-            fwhm_used=float(fitted.attrs["fit_fwhm_median"]), fwhm_source=source
+            fwhm_used=float(fitted.attrs["fit_fwhm_median"]), fwhm_source=source, **sky_attrs
         )
     wave = np.asarray(ds["wavelength"].values, dtype=float)
     trial = round_fwhm(3.0 * float(np.median(np.diff(wave))))
@@ -254,6 +276,17 @@ def fit_at_resolution(
         if abs(found["fwhm"] / trial - 1.0) < 0.03:
             break
         trial = round_fwhm(_next_trial(tried))
+    if not found["reliable"]:
+        values = np.asarray(fitted["std_fwhm"].values, dtype=float)
+        values = values[np.isfinite(values)]
+        spread = f"{values.min():.2g}-{values.max():.2g} A" if values.size else "none"
+        raise CalibrationError(
+            f"{source_name(ds)}: the header has no SPECFWHM and the instrument FWHM cannot be "
+            f"measured reliably: {found['n']} standards give {spread} (robust scatter "
+            f"{100 * found['scatter']:.0f} %, at most {100 * MAX_SCATTER:.0f} % allowed; the "
+            "templates do not match these stars' lines well enough) and there is no SKY "
+            "spectrum with clean lines; pass fwhm=... (CLI --fwhm, CALIBFLUX_FWHM)"
+        )
     passes = ", ".join(f"{a:.3g} -> {b:.3g}" for a, b in tried)
     return add_history(
         fitted.assign_attrs(
@@ -264,6 +297,16 @@ def fit_at_resolution(
         f"fit_at_resolution: FWHM measured on {found['n']} standards (fit FWHM -> measured, A: "
         f"{passes})",
     )
+
+
+def _sky_estimate(ds: xr.Dataset):
+    """The FWHM of the exposure's ``SKY`` spectrum's lines, or None without one."""
+    if "SKY" not in ds or ds["SKY"].dims != ("wavelength",):
+        return None
+    wave = np.asarray(ds["wavelength"].values, dtype=float)
+    guess = 3.0 * float(np.median(np.diff(wave)))
+    widths = sky_line_fwhm(wave, np.asarray(ds["SKY"].values, dtype=float), guess=guess)
+    return combine_fwhm(widths, np.full(widths.size, np.nan))
 
 
 def _next_trial(tried: list[tuple[float, float]]) -> float:

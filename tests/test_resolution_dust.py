@@ -78,10 +78,13 @@ def no_fwhm_exposure(tmp_path_factory):
 def test_fwhm_is_measured_when_the_header_has_none(no_fwhm_exposure, tmp_path):
     sim = no_fwhm_exposure
     assert "SPECFWHM" not in fits.getheader(sim.red_path)
-    with pytest.raises(CalibrationError, match="SPECFWHM"):
-        sim.red.pipe(kx.flux_calibrate, catalog=sim.catalog_path)
-    out = sim.red.pipe(kx.flux_calibrate, catalog=sim.catalog_path, fwhm="measure").compute()
-    assert out.attrs["fwhm_source"].startswith("measured on")
+    # on the SKY spectrum's lines first
+    on_sky = sim.red.pipe(kx.flux_calibrate, catalog=sim.catalog_path).compute()
+    assert on_sky.attrs["fwhm_source"].endswith("sky lines")
+    assert abs(on_sky.attrs["fwhm_used"] / 4.4 - 1) < 0.03
+    # the stars measure it (the sky's lines are taken away)
+    out = sim.red.drop_vars("SKY").pipe(kx.flux_calibrate, catalog=sim.catalog_path).compute()
+    assert out.attrs["fwhm_source"].startswith("measured on 6 standards")
     assert abs(out.attrs["fwhm_used"] / 4.4 - 1) < 0.10
     report = accuracy_report(out, sim.truth)
     assert report["cal_median_abs_dev"] < 0.015
@@ -162,3 +165,44 @@ def test_reddening_is_fitted_when_the_catalogue_has_none(tmp_path):
     )
     none = clean.red.pipe(kx.flux_calibrate, catalog=clean.catalog_path).compute()
     assert float(np.median(none["fit_ebv"].values)) < 0.02
+
+
+def test_sky_lines_measure_the_fwhm_without_templates():
+    rng = np.random.default_rng(3)
+    wave = np.linspace(5000.0, 9000.0, 3000)
+    step = wave[1] - wave[0]
+    from scipy.special import ndtr
+
+    edges = np.concatenate([[wave[0] - step / 2], wave + step / 2])
+    sigma = 4.2 / 2.3548
+    sky = np.full(wave.size, 50.0)
+    for centre in rng.uniform(5100, 8900, 25):
+        sky += 4000 * (ndtr((edges[1:] - centre) / sigma) - ndtr((edges[:-1] - centre) / sigma))
+    sky += rng.normal(size=sky.size) * np.sqrt(sky)
+    from kspec_xr.kernels.lsf import combine_fwhm, sky_line_fwhm
+
+    widths = sky_line_fwhm(wave, sky, guess=3 * step)
+    estimate = combine_fwhm(widths, np.full(widths.size, np.nan))
+    assert estimate.reliable and estimate.n >= 10
+    assert estimate.fwhm == pytest.approx(4.2, rel=0.03)
+    # a sky without lines measures nothing
+    assert sky_line_fwhm(wave, 50 + rng.normal(size=wave.size), guess=3 * step).size == 0
+
+
+def test_stars_that_disagree_are_not_a_measurement(no_fwhm_exposure, monkeypatch):
+    from kspec_xr import pipeline
+    from kspec_xr.kernels.lsf import combine_fwhm
+
+    scattered = combine_fwhm(np.array([1.2, 2.0, 6.7, 2.3, 1.7, 3.9]), np.full(6, 0.1))
+    assert not scattered.reliable and scattered.scatter > 0.10
+    assert combine_fwhm(np.array([3.4, 3.5, 3.6, 3.5]), np.full(4, 0.1)).reliable
+
+    real = pipeline.measured_fwhm
+
+    def disagreeing(ds):
+        return {**real(ds), "reliable": False, "scatter": 0.4}
+
+    monkeypatch.setattr(pipeline, "measured_fwhm", disagreeing)
+    sim = no_fwhm_exposure
+    with pytest.raises(CalibrationError, match="cannot be measured reliably"):
+        sim.red.drop_vars("SKY").pipe(kx.flux_calibrate, catalog=sim.catalog_path)

@@ -573,7 +573,11 @@ def calibration_header(ds: xr.Dataset, /) -> xr.Dataset:
     if np.isfinite(resolution["measured"]):
         cards["FCALFWME"] = (
             round(resolution["measured"], 3),
-            f"[Angstrom] FWHM measured on {resolution['n']} stars"[:40],
+            (
+                f"[Angstrom] measured on {resolution['n']} {resolution['on']}"
+                if resolution["reliable"]
+                else "[Angstrom] unreliable: the stars disagree"
+            )[:40],
         )
     if "fit_ebv" in ds:
         ebv = np.asarray(ds["fit_ebv"].values, dtype=float)[used]
@@ -597,7 +601,13 @@ def calibration_header(ds: xr.Dataset, /) -> xr.Dataset:
     if np.isfinite(resolution["used"]):
         measured = (
             f", measured {resolution['measured']:.3f} +- {resolution['measured_err']:.3f} A on "
-            f"{resolution['n']} standards"
+            f"{resolution['n']} {resolution['on']}"
+            + (
+                f" (scatter {100 * resolution['scatter']:.0f} %)"
+                if np.isfinite(resolution["scatter"])
+                else ""
+            )
+            + ("" if resolution["reliable"] else ", not reliable: not used to check")
             if np.isfinite(resolution["measured"])
             else ""
         )
@@ -657,7 +667,9 @@ def calibration_summary(ds: xr.Dataset, /) -> dict:
 
 def resolution_summary(ds: xr.Dataset, /) -> dict:
     """The FWHM the fit used (``used``, Å, and its ``source``) and the one measured on
-    the standards (``measured`` ± ``measured_err``, from ``n`` stars; NaN when not measured)."""
+    the standards (``measured`` ± ``measured_err``, from ``n`` stars, their ``scatter``
+    and whether they agree well enough to be ``reliable``; NaN when not measured).
+    A measurement that is not reliable is reported but never warned about."""
     used = float(ds.attrs.get("fwhm_used", ds.attrs.get("fit_fwhm_median", np.nan)))
     out = {
         "used": used,
@@ -665,12 +677,31 @@ def resolution_summary(ds: xr.Dataset, /) -> dict:
         "measured": np.nan,
         "measured_err": np.nan,
         "n": 0,
+        "scatter": np.nan,
+        "reliable": False,
+        "on": "standards",
     }
-    if "std_fwhm" in ds:
+    if np.isfinite(float(ds.attrs.get("fwhm_sky", np.nan))):
+        # the sky's lines: no template involved, so they are the check when there
+        out.update(
+            measured=float(ds.attrs["fwhm_sky"]),
+            measured_err=float(ds.attrs.get("fwhm_sky_err", np.nan)),
+            n=int(ds.attrs.get("fwhm_sky_lines", 0)),
+            on="sky lines",
+            scatter=np.nan,
+            reliable=True,
+        )
+    elif "std_fwhm" in ds:
         ok = np.asarray(ds["standard_status"].values) == StandardStatus.OK
         values = np.where(ok, np.asarray(ds["std_fwhm"].values, dtype=float), np.nan)
-        measured, err, n = combine_fwhm(values, np.asarray(ds["std_fwhm_err"].values))
-        out.update(measured=measured, measured_err=err, n=n)
+        estimate = combine_fwhm(values, np.asarray(ds["std_fwhm_err"].values))
+        out.update(
+            measured=estimate.fwhm,
+            measured_err=estimate.err,
+            n=estimate.n,
+            scatter=estimate.scatter,
+            reliable=estimate.reliable,
+        )
     return out
 
 
@@ -680,10 +711,10 @@ def calibration_warning(ds: xr.Dataset, /) -> str:
     problems = [_standards_warning(ds)]
     resolution = resolution_summary(ds)
     used, measured = resolution["used"], resolution["measured"]
-    if np.isfinite(used) and np.isfinite(measured) and abs(used / measured - 1.0) > FWHM_TOLERANCE:
+    if resolution["reliable"] and np.isfinite(used) and abs(used / measured - 1.0) > FWHM_TOLERANCE:
         problems.append(
             f"FWHM {used:.3g} A ({resolution['source']}) disagrees with the {measured:.3g} A "
-            f"measured on {resolution['n']} standards: check SPECFWHM / --fwhm"
+            f"measured on {resolution['n']} {resolution['on']}: check SPECFWHM / --fwhm"
         )
     return "; ".join(p for p in problems if p)
 

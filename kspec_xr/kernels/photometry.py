@@ -156,6 +156,7 @@ class ColorChi2:
         floor: float = 0.01,
         reddening: np.ndarray | None = None,
         ebv_max: float = 0.0,
+        ebv_min: float = 0.0,
     ):
         pairs = np.asarray(pairs, dtype=int).reshape(-1, 2)
         mags = np.atleast_2d(mags)
@@ -178,6 +179,7 @@ class ColorChi2:
         self.inv = np.linalg.inv(cov) if n_col else cov
         # reddening profiled out: the colour excess per unit E(B-V) of every colour
         self.ebv_max = float(ebv_max)
+        self.ebv_min = float(ebv_min)
         self.excess: np.ndarray | None = None
         if reddening is not None and self.ebv_max > 0:
             r = np.asarray(reddening, dtype=float)
@@ -199,7 +201,7 @@ class ColorChi2:
             curvature = np.einsum("sk,sk->s", self.excess, inv_d)  # (s,)
             with np.errstate(invalid="ignore", divide="ignore"):
                 ebv = np.einsum("stk,sk->st", resid, inv_d) / curvature[:, None]
-            ebv = np.clip(np.where(np.isfinite(ebv), ebv, 0.0), 0.0, self.ebv_max)
+            ebv = np.clip(np.where(np.isfinite(ebv), ebv, 0.0), self.ebv_min, self.ebv_max)
             resid = resid - ebv[:, :, None] * self.excess[:, None, :]
             self.last_ebv = ebv
         chi2 = np.einsum("stk,skl,stl->st", resid, self.inv, resid)

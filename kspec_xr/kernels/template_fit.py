@@ -336,6 +336,7 @@ def fit_star(
     reddening: np.ndarray | None = None,
     extinction: np.ndarray | None = None,
     ebv_max: float = 0.5,
+    ebv_min: float = 0.0,
 ) -> StarFit:
     """Fit one standard star; see the module docstring for the steps.
 
@@ -355,8 +356,10 @@ def fit_star(
         better than this, and without it the spectrum outweighs the colours
     smooth_scale : float, width (Å) of the running mean that star and templates
         are divided by before they are compared
-    ebv : float, the star's E(B−V) (NaN: fit it to the colours, in [0, ebv_max],
-        as each candidate's colours are scored)
+    ebv : float, the star's E(B−V) (NaN: fit it to the colours, in [ebv_min,
+        ebv_max], as each candidate's colours are scored; a negative ``ebv_min``
+        keeps the estimates unbiased for a median over the field, which is
+        then clipped at 0)
     reddening : (B,) A_band/E(B−V) of the grid's bands; extinction : (P,)
         A(λ)/E(B−V) at the pixels (both needed for any reddening: the model
         and its magnitudes are returned reddened by ``ebv``)
@@ -384,7 +387,12 @@ def fit_star(
     if reddening is not None and np.isfinite(ebv) and ebv != 0.0:
         mags = mags - ebv * reddening  # intrinsic colours, compared with the templates'
     colours = ColorChi2(
-        mags, mag_errs, grid.pairs, reddening=reddening if fit_ebv else None, ebv_max=ebv_max
+        mags,
+        mag_errs,
+        grid.pairs,
+        reddening=reddening if fit_ebv else None,
+        ebv_max=ebv_max,
+        ebv_min=ebv_min,
     )
     col_chi2, n_col = colours(grid.mags[candidates])[0], int(colours.n_colors[0])
 
@@ -576,6 +584,7 @@ def fit_block(
     vmax: float,
     reddening=None,
     ebv_max: float = 0.5,
+    ebv_min: float = 0.0,
 ) -> FitBlock:
     """Fit every star of a block: stars (S, P) and (S, B), the grid's arrays as given.
 
@@ -623,7 +632,7 @@ def fit_block(
         fit = fit_star(
             wave, flux[s], variance[s], good[s], mags[s], errs[s], grid, candidates,
             metric=metric, vmax=vmax, ebv=float(ebv[s]), reddening=reddening,
-            extinction=extinction, ebv_max=ebv_max,
+            extinction=extinction, ebv_max=ebv_max, ebv_min=ebv_min,
         )  # fmt: skip
         for name, value in (
             ("teff", fit.teff),

@@ -64,7 +64,7 @@ def header_fwhm(ds: xr.Dataset, *, required: bool = True) -> float | None:
             return None
         raise CalibrationError(
             "the primary header has no SPECFWHM (instrument FWHM in Å); pass fwhm=... "
-            "(CLI: --fwhm, pipeline: CALIBFLUX_FWHM), or fwhm='measure' (--fwhm measure)"
+            "(CLI: --fwhm, pipeline: CALIBFLUX_FWHM), or let kx.flux_calibrate measure it"
         )
     number = value if isinstance(value, int | float) and not isinstance(value, bool) else None
     if number is None:
@@ -195,71 +195,77 @@ def fit_standards(
     ebv, ebv_source = _catalogue_ebv(ds, redden)
     reddening = np.array([band_ratio(b) for b in bands])
     ratio = xr.DataArray(reddening, dims="band", coords={"band": bands})
-    known = ebv.fillna(0.0)
-    box = _teff_box(mags - known * ratio, errs, grid_mags)
-    if bool((~np.isfinite(ebv)).any()):
-        for trial in np.linspace(0.1, EBV_MAX, 5):
-            wider = _teff_box(mags - trial * ratio, errs, grid_mags)
-            fitted_e = ~np.isfinite(ebv)
-            box["teff_lo"] = xr.where(
-                fitted_e, np.fmin(box["teff_lo"], wider["teff_lo"]), box["teff_lo"]
-            )
-            box["teff_hi"] = xr.where(
-                fitted_e, np.fmax(box["teff_hi"], wider["teff_hi"]), box["teff_hi"]
-            )
     extinction = xr.DataArray(extinction_curve(wave), dims="wavelength")
-
     fibers = xr.DataArray(standard_index(ds), dims="standard")
     flux = ds["flux"].isel(fiber=fibers)
     variance = ds["variance"].isel(fiber=fibers)
     bad_region = xr.DataArray(in_regions(wave, mask_regions), dims="wavelength")
     good = (ds["mask"].isel(fiber=fibers) & ~bit("TELLURIC")) == 0
     good = good & ~bad_region
-
     n_band = len(bands)
-    results = xr.apply_ufunc(
-        fit_block,
-        flux,
-        variance,
-        good,
-        mags,
-        errs,
-        box["teff_lo"],
-        box["teff_hi"],
-        ebv,
-        vacuum,
-        extinction,
-        *grid.values(),
-        input_core_dims=[["wavelength"]] * 3
-        + [["band"]] * 2
-        + [[], [], [], ["wavelength"], ["wavelength"]]
-        + [list(a.dims) for a in grid.values()],
-        output_core_dims=[[]] * 10 + [["wavelength"], ["band"], [], []],
-        kwargs={
-            "pairs": inputs["pairs"],
-            "oversample": inputs["oversample"],
-            "metric": metric,
-            "vmax": float(vmax),
-            "reddening": reddening if redden else None,
-            "ebv_max": EBV_MAX,
-        },
-        dask="parallelized",
-        output_dtypes=[float] * 6 + ["int64", "int64", float, "int16", float, float, float, float],
-        dask_gufunc_kwargs={"allow_rechunk": True, "output_sizes": {"band": n_band}},
-        keep_attrs=False,
-    )
-    fitted = dict(zip(FitBlock._fields, (bare(r) for r in results), strict=True))
+
+    def run(star_ebv: xr.DataArray, some_free: bool) -> tuple[dict, xr.Dataset]:
+        """One fit of every star at E(B-V) ``star_ebv`` (NaN: fitted to its colours)."""
+        box = _teff_box(mags - star_ebv.fillna(0.0) * ratio, errs, grid_mags)
+        free = ~np.isfinite(star_ebv)
+        if some_free:
+            for trial in np.linspace(0.1, EBV_MAX, 5):
+                wider = _teff_box(mags - trial * ratio, errs, grid_mags)
+                box["teff_lo"] = xr.where(
+                    free, np.fmin(box["teff_lo"], wider["teff_lo"]), box["teff_lo"]
+                )
+                box["teff_hi"] = xr.where(
+                    free, np.fmax(box["teff_hi"], wider["teff_hi"]), box["teff_hi"]
+                )
+        results = xr.apply_ufunc(
+            fit_block,
+            flux,
+            variance,
+            good,
+            mags,
+            errs,
+            box["teff_lo"],
+            box["teff_hi"],
+            star_ebv,
+            vacuum,
+            extinction,
+            *grid.values(),
+            input_core_dims=[["wavelength"]] * 3
+            + [["band"]] * 2
+            + [[], [], [], ["wavelength"], ["wavelength"]]
+            + [list(a.dims) for a in grid.values()],
+            output_core_dims=[[]] * 10 + [["wavelength"], ["band"], [], []],
+            kwargs={
+                "pairs": inputs["pairs"],
+                "oversample": inputs["oversample"],
+                "metric": metric,
+                "vmax": float(vmax),
+                "reddening": reddening if redden else None,
+                "ebv_max": EBV_MAX,
+                # field mode: each star's value unclipped at 0, so that their median
+                # is unbiased for an unreddened field (the median is clipped instead)
+                "ebv_min": -0.2 if ebv_fit == "field" else 0.0,
+            },
+            dask="parallelized",
+            output_dtypes=[float] * 6
+            + ["int64", "int64", float, "int16", float, float, float, float],
+            dask_gufunc_kwargs={"allow_rechunk": True, "output_sizes": {"band": n_band}},
+            keep_attrs=False,
+        )
+        return dict(zip(FitBlock._fields, (bare(r) for r in results), strict=True)), box
+
     fit_e = ~np.isfinite(ebv)
+    fitted, box = run(ebv, bool(fit_e.any()))
     fitted["ebv_star"] = fitted["ebv"]
     if redden and ebv_fit == "field" and bool(fit_e.any()):
-        # one E(B-V) for the field's fitted stars: the median of their colour
-        # fits (each is only as good as its spectroscopic Teff, ~0.04 mag)
+        # one E(B-V) for the field's fitted stars, the median of their colour
+        # fits (each is only as good as its spectroscopic Teff, ~0.04 mag); the
+        # stars refitted at it, so that their templates are chosen with it
         usable = fit_e & status_ok(fitted["status"])
         adopted, adopted_err = _field_ebv(fitted["ebv"].where(usable))
-        delta = xr.where(fit_e, adopted - fitted["ebv"], 0.0)
-        fitted["model"] = fitted["model"] * 10.0 ** (-0.4 * delta * extinction)
-        fitted["model_mags"] = fitted["model_mags"] + delta * xr.DataArray(reddening, dims="band")
-        fitted["ebv"] = fitted["ebv"] + delta
+        star_values = fitted["ebv"]
+        fitted, box = run(xr.where(fit_e, adopted, ebv), False)
+        fitted["ebv_star"] = star_values
         fitted["ebv_err"] = xr.where(fit_e, adopted_err, fitted["ebv_err"])
     new = {
         name: fitted[field].assign_attrs(units=units) for field, (name, units) in _SCALARS.items()
@@ -272,7 +278,8 @@ def fit_standards(
         units="mag", long_name="1 sigma of a fitted E(B-V) (NaN when from the catalogue)"
     )
     new["fit_ebv_star"] = fitted["ebv_star"].assign_attrs(
-        units="mag", long_name="E(B-V) fitted to this star's colours alone"
+        units="mag",
+        long_name="E(B-V) fitted to this star's colours alone (may be < 0 with ebv_fit='field')",
     )
     fitted_text = (
         "fitted: field median of the stars' colour fits"
@@ -337,11 +344,15 @@ def status_ok(status: xr.DataArray) -> xr.DataArray:
 
 
 def _field_ebv(values: xr.DataArray) -> tuple[xr.DataArray, xr.DataArray]:
-    """Median of the stars' E(B−V) and its robust error (lazy; NaN values do not count)."""
+    """The field's E(B−V) from its stars' fits, and its error (lazy; NaN values do not count).
+
+    The median of the stars' (unclipped) values, clipped to [0, EBV_MAX].
+    """
     centre = _nanmedian(values)
     spread = 1.4826 * _nanmedian(np.abs(values - centre))
     n = values.notnull().sum("standard")
-    return centre.fillna(0.0), 1.2533 * spread / np.sqrt(np.maximum(n, 1))
+    err = 1.2533 * spread / np.sqrt(np.maximum(n, 1))
+    return centre.fillna(0.0).clip(0.0, EBV_MAX), err
 
 
 def _median_of(a: np.ndarray) -> np.ndarray:

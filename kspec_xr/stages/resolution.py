@@ -153,18 +153,21 @@ def measured_fwhm(ds: xr.Dataset, /) -> dict:
     """The stars' measurements combined (computes them): median FWHM and its robust error.
 
     Returns ``fwhm``, ``fwhm_err`` (Å; NaN when no star gave a value), ``n``
-    (stars with a value), ``segments`` (median per segment, Å) and
+    (stars with a value), ``scatter`` and ``reliable``
+    (:func:`kspec_xr.kernels.lsf.combine_fwhm`), ``segments`` (median per segment, Å) and
     ``segment_wavelength``.
     """
-    fwhm, err, n = combine_fwhm(ds["std_fwhm"].values, ds["std_fwhm_err"].values)
+    estimate = combine_fwhm(ds["std_fwhm"].values, ds["std_fwhm_err"].values)
     segment_values = np.asarray(ds["std_fwhm_segment"].values, dtype=float)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # a segment no star measured
         segments = np.nanmedian(segment_values, axis=0)
     return {
-        "fwhm": fwhm,
-        "fwhm_err": err,
-        "n": n,
+        "fwhm": estimate.fwhm,
+        "fwhm_err": estimate.err,
+        "n": estimate.n,
+        "scatter": estimate.scatter,
+        "reliable": estimate.reliable,
         "segments": np.asarray(segments, dtype=float),
         "segment_wavelength": np.asarray(ds["fwhm_segment"].values, dtype=float),
     }

@@ -81,15 +81,21 @@ def telluric_transmission(wavelength: np.ndarray, *, seed: int = 0, strength: fl
     return trans
 
 
-def _sky_flux(lam: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Night-sky flux density per fiber (erg/s/cm²/Å): continuum + emission lines."""
+def _sky_flux(lam: np.ndarray, rng: np.random.Generator, fwhm: float) -> np.ndarray:
+    """Night-sky flux density per fiber (erg/s/cm²/Å): continuum + emission lines,
+    unresolved, so seen at the instrument's FWHM."""
     cont = 2.0e-17 * (1.0 + 0.6 * (lam / 6000.0) ** 2)
     lines = [(5578.9, 3e-15), (5891.6, 1e-15), (5897.6, 8e-16), (6302.0, 1.5e-15), (6365.5, 5e-16)]
     oh = rng.uniform(6500.0, 9300.0, 60)
     lines += [(w, a) for w, a in zip(oh, rng.uniform(2e-16, 2e-15, oh.size), strict=True)]
     out = cont.copy()
-    for w, a in lines:
-        out += a / (np.sqrt(2 * np.pi) * 1.2) * np.exp(-0.5 * ((lam - w) / 1.2) ** 2)
+    from scipy.special import ndtr
+
+    sigma = fwhm / SIGMA_PER_FWHM
+    edges = edges_from_centers(lam)
+    width = np.diff(edges)
+    for w, a in lines:  # averaged over each pixel, as a spectrograph records them
+        out += a * (ndtr((edges[1:] - w) / sigma) - ndtr((edges[:-1] - w) / sigma)) / width
     return out
 
 
@@ -366,7 +372,7 @@ def make_exposure(
     typical = np.median(std_true[:, peak]) if n_std else 1e-16
     gain = snr**2 / typical * 1.15  # counts per unit flux density at the peak
     throughput = gain * shape
-    sky_counts = throughput * _sky_flux(vac, rng)
+    sky_counts = throughput * _sky_flux(vac, rng, fwhm)
     read_noise = 3.5 * np.sqrt(5.0)  # e-, summed over the extraction profile
     bad = np.full(n_std, "", dtype=object)
     catalog_mags = std_mags.copy()
