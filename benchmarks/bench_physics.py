@@ -132,13 +132,20 @@ def _cases(args, grid, folder: Path, name: str, cases: dict, extra: Callable) ->
             options = dict(options)
             if options.pop("drop_sky", False):  # no SKY spectrum: the stars must measure it
                 sim = dataclasses.replace(sim, red=sim.red.drop_vars("SKY"))
-            out = _calibrate(sim, grid, **options)
+            try:
+                out = _calibrate(sim, grid, **options)
+            except kx.CalibrationError as err:  # refused, with its reason: a row that says so
+                print(f"  {label:40s} refused: {str(err).split(': ', 1)[-1][:110]}")
+                continue
             report = _report(out, sim)
             report.update(extra(out, sim))
             rows[label].append(report)
             print(_row(label, report) + _extra_text(report))
     print(f"\n  median over seeds\n{_HEADER}")
     for label, reports in rows.items():
+        if not reports:
+            print(f"  {label:40s} refused in every seed")
+            continue
         med = {k: float(np.median([r[k] for r in reports])) for k in reports[0]}
         med["n_standards_used"] = int(round(med["n_standards_used"]))
         print(_row(label, med) + _extra_text(med))

@@ -204,13 +204,13 @@ def fit_at_resolution(
 
     1. on the sky's emission lines when the exposure has a ``SKY`` spectrum
        (:func:`kspec_xr.kernels.lsf.sky_line_fwhm`: no template involved),
-       if at least 3 isolated lines agree to 10 %; else
+       if at least 3 isolated lines agree to 13 %; else
     2. on the standards: a fit at 3 pixels, the FWHM measured on its stars, a
        fit at that, and so on (secant steps) until the measurement agrees
        with the FWHM of the fit within 3 % (at most :data:`MEASURE_PASSES`
        fits: the stars' parameters and the resolution trade off, so a
        measurement on a fit at the wrong width is biased towards it).  The
-       stars must agree to 10 % (robust scatter): where the templates do not
+       stars must agree to 13 % (robust scatter): where the templates do not
        match the stars' lines (the bundled stand-in grid on real F stars) they
        scatter by 30 % and more and their median is wrong by 2×, and the
        measurement is refused.
