@@ -39,7 +39,7 @@ from .stages import (
     select_standards,
     star_calibrations,
 )
-from .templates import PreparedTemplates
+from .templates import PreparedTemplates, open_bosz
 
 __all__ = [
     "flux_calibrate",
@@ -240,6 +240,8 @@ def fit_at_resolution(
     measure_options = {
         k: v for k, v in fit_options.items() if k in ("mask_regions", "cache", "wavelength_medium")
     }
+    if (measure or check_fwhm) and (templates is None or isinstance(templates, str | os.PathLike)):
+        templates = open_bosz(templates)  # once, for every fit and measurement below
     checked = check_fwhm and not isinstance(templates, PreparedTemplates)
     sky = _sky_estimate(ds) if (measure or check_fwhm) else None
     sky_attrs = (

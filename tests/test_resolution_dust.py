@@ -206,3 +206,14 @@ def test_stars_that_disagree_are_not_a_measurement(no_fwhm_exposure, monkeypatch
     sim = no_fwhm_exposure
     with pytest.raises(CalibrationError, match="cannot be measured reliably"):
         sim.red.drop_vars("SKY").pipe(kx.flux_calibrate, catalog=sim.catalog_path)
+
+
+def test_the_fwhm_check_keeps_a_chunked_exposure_lazy(no_fwhm_exposure):
+    from kspec_xr.testing.dask import raise_if_dask_computes
+
+    sim = no_fwhm_exposure
+    chunked = kx.open_red(sim.red_path, chunks={"fiber": 7})
+    with raise_if_dask_computes():
+        lazy = kx.flux_calibrate(chunked, catalog=sim.catalog_path, fwhm=4.4)
+    assert lazy["std_fwhm"].chunks is not None
+    assert np.nanmedian(lazy["std_fwhm"].values) == pytest.approx(4.4, rel=0.1)

@@ -261,7 +261,7 @@ def fit_standards(
         # one E(B-V) for the field's fitted stars, the median of their colour
         # fits (each is only as good as its spectroscopic Teff, ~0.04 mag); the
         # stars refitted at it, so that their templates are chosen with it
-        usable = fit_e & status_ok(fitted["status"])
+        usable = fit_e & _status_ok(fitted["status"])
         adopted, adopted_err = _field_ebv(fitted["ebv"].where(usable))
         star_values = fitted["ebv"]
         fitted, box = run(xr.where(fit_e, adopted, ebv), False)
@@ -329,6 +329,7 @@ def fit_standards(
         fit_fwhm_median=float(np.median(fwhm_at(fwhm, wave))),
         template_grid=str(prepared.attrs.get("grid_source", "")),
         template_grid_id=str(prepared.attrs.get("grid_id", "")),
+        template_alpha=float(inputs["alpha"]),
     )
     out = with_medium(out, medium, medium_source)
     return add_history(
@@ -338,7 +339,7 @@ def fit_standards(
     )
 
 
-def status_ok(status: xr.DataArray) -> xr.DataArray:
+def _status_ok(status: xr.DataArray) -> xr.DataArray:
     """Fits whose parameters can be trusted (OK, or without colours)."""
     return status.isin([int(s) for s in (FitStatus.OK, FitStatus.NO_COLORS)])
 

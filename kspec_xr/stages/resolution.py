@@ -102,8 +102,8 @@ def measure_resolution(
     grid = _grid_of(templates)
     fwhm0 = sharp_fwhm(wave, grid)
     prepared = resolve_templates(grid, wave, fwhm0, cache=cache)
-    alpha = float(np.nanmedian(ds["fit_alpha"].values)) if "fit_alpha" in ds else 0.0
-    inputs = prepared.kernel_inputs(alpha if np.isfinite(alpha) else 0.0)
+    # the [α/M] of the fit, from its attributes (the stage stays lazy)
+    inputs = prepared.kernel_inputs(float(ds.attrs.get("template_alpha", 0.0)))
     arrays = inputs["arrays"]
 
     fibers = xr.DataArray(standard_index(ds), dims="standard")
