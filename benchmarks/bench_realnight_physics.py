@@ -2,9 +2,10 @@
 
 Every frame of both arms calibrated with the DES photometry through the
 ``ozdes`` band preset, the medium by the default rule (2dfdr: air), the FWHM
-measured (the frames have no ``SPECFWHM`` and no ``SKY``: on the standards,
-refused when they disagree; then the frame is calibrated at the README's
-FWHM, 3.7 Å blue / 5.5 Å red, and the stars' measurement is only reported),
+found as kspec_xr finds it (the frames have no ``SPECFWHM`` and no ``SKY``:
+measured on the standards, else the nominal resolution of the header's
+AAOmega grating, R = 1300 for 580V/385R; a frame refused all the same is
+calibrated at the README's 3.7 Å blue / 5.5 Å red and counted),
 E(B−V) fitted (the catalogue has none).  Prints per frame: FWHM used and how it was found,
 standards used / rejected (with reasons), median fitted RV and E(B−V), and
 the photometric residuals per band (median over the used standards, mag);
@@ -25,7 +26,7 @@ import numpy as np
 import kspec_xr as kx
 from kspec_xr._base.schema import standard_reasons
 
-#: the arms' resolution as the data's README gives it (used where the measurement is refused)
+#: the arms' resolution as the data's README gives it (used only where a frame is refused)
 KNOWN_FWHM = {"blue": 3.7, "red": 5.5}
 NIGHT = Path(__file__).resolve().parents[1] / ".." / "shared" / "realdata" / "ozdes-2014-09-17"
 
@@ -50,7 +51,7 @@ def main() -> None:
                 warnings.simplefilter("ignore", kx.KspecWarning)
                 try:
                     out = ds.pipe(kx.flux_calibrate, catalog=catalog, bands="ozdes").compute()
-                except kx.CalibrationError as err:  # the FWHM could not be measured
+                except kx.CalibrationError as err:  # no FWHM could be found
                     print(f"  {path.name}: no --fwhm: refused: {str(err).split(': ', 1)[1]}")
                     refused[arm] = refused.get(arm, 0) + 1
                     out = ds.pipe(

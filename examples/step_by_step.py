@@ -38,5 +38,5 @@ status[0] = StandardStatus.ZERO_POINT  # e.g. a star you know is variable
 gated = with_status(gated, status)
 calibrated = gated.pipe(kx.combine_calibrations, smooth=True).pipe(kx.apply_calibration)
 kx.write_red(calibrated, folder / "calibrated_red.fits", overwrite=True)
-kx.plot_calibration(calibrated, folder / "qc.png")
+kx.plot_calibration(calibrated, folder / "qc.png", overwrite=True)
 print(f"wrote {folder / 'calibrated_red.fits'} and {folder / 'qc.png'}")

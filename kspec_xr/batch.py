@@ -25,10 +25,10 @@ import dask
 import numpy as np
 import pandas as pd
 
-from ._base.errors import KspecError
-from ._base.paths import atomic_output, same_file
+from ._base.errors import CatalogError, KspecError
+from ._base.paths import atomic_output, same_file, sweep_stale_temps
 from .nightly import NIGHTLY_NAME, nightly_transfer
-from .pipeline import calibrate_file, flux_calibrate
+from .pipeline import calibrate_file, check_options, flux_calibrate
 
 log = logging.getLogger(__name__)
 
@@ -241,13 +241,38 @@ def _calibration_options(options: dict) -> dict:
             f"calibrate_many got unknown option(s) {', '.join(unknown)}; the options passed to "
             f"flux_calibrate are {', '.join(sorted(allowed))}"
         )
-    clean = dict(options)
+    clean = check_options(**options)
     for name in ("templates", "cache"):
         value = clean.get(name)
         if value is None or isinstance(value, bool):
             continue
         clean[name] = os.fspath(_as_path(value, name))
     return clean
+
+
+def _catalog_checker(options: dict):
+    """A function catalogue path -> None, or the one-line reason it cannot be used (cached)."""
+    from .io.catalog import check_catalog
+
+    seen: dict[Path, str | None] = {}
+
+    def problem(path: Path) -> str | None:
+        if path not in seen:
+            try:
+                check_catalog(
+                    path, bands=options.get("bands"), match=options.get("match", "position")
+                )
+                seen[path] = None
+            except KspecError as err:
+                seen[path] = str(err)
+        return seen[path]
+
+    return problem
+
+
+def _raise_if(problem: str | None) -> None:
+    if problem is not None:
+        raise CatalogError(problem)
 
 
 # =============================================================================
@@ -373,10 +398,12 @@ def _shown():
 
 
 def _remove_stale_temporaries(output: Path) -> None:
-    """Remove the temporary files of ``write_red`` left by a worker killed mid-write."""
-    for stale in output.parent.glob(f".{output.name}.*.tmp"):
-        with contextlib.suppress(OSError):
-            stale.unlink()
+    """Remove the temporary files of ``write_red`` left by a worker killed mid-write.
+
+    Only those of ``output`` whose writer is gone (or a day old): a concurrent
+    run's file in flight stays (:func:`kspec_xr._base.paths.sweep_stale_temps`).
+    """
+    sweep_stale_temps(output)
 
 
 def _write_summary(table: pd.DataFrame, path: Path) -> None:
@@ -551,6 +578,9 @@ def calibrate_many(
     _check_names(inputs)
     catalog_for = _catalog_lookup(catalog)
     options = _calibration_options(options)
+    catalog_problem = _catalog_checker(options)
+    if not isinstance(catalog, Mapping):  # one catalogue for all: refused at once if unusable
+        _raise_if(catalog_problem(catalog_for(inputs[0][1])))
     out_dir = _as_path(out_dir, "out_dir")
     if out_dir.exists() and not out_dir.is_dir():
         raise KspecError(f"out_dir {out_dir} exists and is not a folder")
@@ -571,8 +601,10 @@ def calibrate_many(
     for index, (given, source) in enumerate(inputs):
         output = out_dir / source.name
         cat = catalog_for(source)
-        problem = None
-        if same_file(source, output):
+        problem = None if cat is None else catalog_problem(cat)
+        if problem is not None:
+            problem = f"{given}: {problem}"
+        elif same_file(source, output):
             problem = (
                 f"{given}: the output {output} would be the input itself; choose another "
                 "out_dir (kspec_xr never overwrites its input)"

@@ -1,8 +1,10 @@
 """The ``kspec-xr`` command line: ``fluxcal``, ``batch`` and ``demo``.
 
 Errors in the input (a ``KspecError``: bad file, missing catalogue, no
-standard, existing output, …) print one line and exit with status 2;
-``--debug`` shows the traceback instead.
+standard, existing output, …) and of the system (disk full, permission
+denied) print one line and exit with status 2; anything else is a bug,
+printed as one "internal error" line with exit status 1.  ``--debug``,
+anywhere on the line, shows the traceback instead.
 
 The calibration itself (numpy, xarray, astropy, scipy …) is imported by the
 subcommand that needs it, so that ``kspec-xr --help`` answers at once.
@@ -71,10 +73,13 @@ def _add_calibration_options(p: argparse.ArgumentParser) -> None:
         help="do not redden the standards' models (default: E(B-V) from the catalogue, else "
         "fitted to the colours)",
     )
-    p.add_argument("--metric", choices=("chi2", "huber"), default="chi2", help="template score")
+    p.add_argument(
+        "--metric", type=str.lower, choices=("chi2", "huber"), default="chi2", help="template score"
+    )
     p.add_argument("--smooth", action="store_true", help="Savitzky-Golay smooth the calibration")
     p.add_argument(
         "--match",
+        type=str.lower,
         choices=("position", "order"),
         default="position",
         help="associate standards with catalogue rows by RA/Dec (default) or by row order "
@@ -110,7 +115,9 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kspec-xr", description="Flux calibration of K-SPEC RED files with standard stars."
     )
-    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser.add_argument(
+        "--debug", action="store_true", help="show tracebacks (anywhere on the line)"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("fluxcal", help="flux-calibrate one RED file")
@@ -204,8 +211,10 @@ def _calibration_options(args) -> dict:
 
 def _fluxcal(args) -> int:
     from .pipeline import calibrate_file  # deferred: the calibration's imports take a second
-    from .qc import plot_calibration, standards_summary
+    from .qc import check_plot_path, plot_calibration, standards_summary
 
+    if args.qc_plot:  # a bad QC path is found before any work, not after the output exists
+        check_plot_path(args.qc_plot, overwrite=args.overwrite)
     result = calibrate_file(
         args.input,
         args.output,
@@ -217,7 +226,7 @@ def _fluxcal(args) -> int:
     if out is None:  # pragma: no cover - fluxcal never resumes
         raise KspecError(f"{args.input}: nothing was calibrated")
     if args.qc_plot:
-        plot_calibration(out, args.qc_plot)
+        plot_calibration(out, args.qc_plot, overwrite=args.overwrite)
     print(f"{args.input} -> {args.output}: {standards_summary(out)}")
     for k, reason in enumerate(out["standard_reason"].values):
         if reason:
@@ -298,13 +307,22 @@ def _messages_on_stderr():
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``kspec-xr`` console script."""
-    args = _parser().parse_args(argv)
+    """Entry point of the ``kspec-xr`` console script.
+
+    Exit status: 0 done; 1 some exposures of a batch failed, or an internal
+    error (a bug: one line, the traceback with ``--debug``); 2 an error in the
+    input or the options (one line naming what to fix); 130 interrupted.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv  # accepted anywhere on the line
+    args = _parser().parse_args([a for a in argv if a != "--debug"])
+    args.debug = debug
     with _messages_on_stderr():
         return _run(args)
 
 
 def _run(args) -> int:
+    prefix = f"kspec-xr {args.command}"
     try:
         if args.command == "fluxcal":
             return _fluxcal(args)
@@ -315,12 +333,29 @@ def _run(args) -> int:
 
             run_demo(args.dir, seed=args.seed)
             return 0
-    except (KspecError, FileNotFoundError) as err:
+    except KeyboardInterrupt:
+        print(f"{prefix}: interrupted (no output was left half-written)", file=sys.stderr)
+        return 130
+    except Exception as err:
         if args.debug:
             raise
-        print(f"kspec-xr {args.command}: error: {err}", file=sys.stderr)
-        return 2
+        print(f"{prefix}: {_one_line(err)}", file=sys.stderr)
+        return 2 if isinstance(err, KspecError | OSError) else 1
     return 1
+
+
+def _one_line(err: BaseException) -> str:
+    """The message the command line prints for an exception: one line."""
+    text = " ".join(str(err).split()) or type(err).__name__
+    if isinstance(err, KspecError):
+        return f"error: {text}"
+    if isinstance(err, OSError):  # disk full, permission denied, …: the system's own words
+        where = f" ({err.filename})" if err.filename and str(err.filename) not in text else ""
+        return f"error: {text}{where}"
+    return (
+        f"internal error: {type(err).__name__}: {text} (a bug in kspec_xr: run again with "
+        "--debug for the traceback and report it)"
+    )
 
 
 if __name__ == "__main__":  # pragma: no cover

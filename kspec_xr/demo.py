@@ -38,7 +38,7 @@ def run_demo(directory: str | Path = "kspec_xr_demo", *, seed: int = 1, echo=pri
     write_red(out, result, overwrite=True)
     echo(f"calibrated exposure: {result}")
     echo(standards_table(out))
-    plot_calibration(out, folder / "demo_qc.png")
+    plot_calibration(out, folder / "demo_qc.png", overwrite=True)
     echo(f"QC figure: {folder / 'demo_qc.png'}")
     report = accuracy_report(out, sim.truth)
     echo("accuracy against the simulation's truth:")

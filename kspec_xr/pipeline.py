@@ -19,14 +19,20 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from ._base.errors import CalibrationError, KspecError, OutputExistsError, RedFileError
-from ._base.paths import same_file
+from ._base.errors import (
+    CalibrationError,
+    KspecError,
+    OptionError,
+    OutputError,
+    OutputExistsError,
+)
+from ._base.options import choice, flag, positive_number
+from ._base.paths import check_writable, same_file
 from ._base.provenance import add_history, primary_header
-from ._base.schema import FLUX_UNITS, source_name, standard_reasons
+from ._base.schema import is_flux_units, source_name, standard_reasons
 from .io import calibration_summary, open_red, write_red
 from .kernels.lsf import MAX_SCATTER, combine_fwhm, round_fwhm, sky_line_fwhm
 from .stages import (
-    GATE_DEFAULTS,
     apply_calibration,
     associate_catalog,
     combine_calibrations,
@@ -35,10 +41,14 @@ from .stages import (
     header_fwhm,
     measure_resolution,
     measured_fwhm,
+    nominal_fwhm,
     scale_to_photometry,
     select_standards,
     star_calibrations,
 )
+from .stages.combine import check_combine_options
+from .stages.fit import METRICS
+from .stages.gate import check_gating
 from .templates import PreparedTemplates, open_bosz
 
 __all__ = [
@@ -147,12 +157,21 @@ def flux_calibrate(
     >>> out = kx.open_red("run1_red.fits").pipe(
     ...     kx.flux_calibrate, catalog="standards.csv")          # doctest: +SKIP
     """
-    gating = dict(gating or {})
-    unknown = sorted(set(gating) - set(GATE_DEFAULTS))
-    if unknown:
-        raise TypeError(
-            f"unknown gating option(s) {', '.join(unknown)}; known: {', '.join(GATE_DEFAULTS)}"
-        )
+    # every option checked before any work (the stages check them again when used alone)
+    checked = check_options(
+        gating=gating,
+        sigma=sigma,
+        min_stars=min_stars,
+        smooth=smooth,
+        metric=metric,
+        match=match,
+        radius=radius,
+        check_fwhm=check_fwhm,
+        redden=redden,
+    )
+    gating, sigma, min_stars = checked["gating"], checked["sigma"], checked["min_stars"]
+    smooth, metric, match = checked["smooth"], checked["metric"], checked["match"]
+    radius, check_fwhm, redden = checked["radius"], checked["check_fwhm"], checked["redden"]
     base = ds.pipe(select_standards).pipe(
         associate_catalog, catalog, method=match, radius=radius, bands=bands
     )
@@ -179,6 +198,38 @@ def flux_calibrate(
         .pipe(combine_calibrations, sigma=sigma, smooth=smooth, min_stars=min_stars)
         .pipe(apply_calibration)
     )
+
+
+def check_options(**options) -> dict:
+    """Options of :func:`flux_calibrate` checked and normalised, before any work.
+
+    Only the options given are checked: ``gating``, ``sigma``, ``min_stars``,
+    ``smooth``, ``metric`` (case-insensitive), ``match``, ``radius``,
+    ``check_fwhm``, ``redden``; the others are passed back unchanged.
+
+    Raises
+    ------
+    OptionError
+        A value of the wrong type or out of range, naming the option.
+    """
+    out = dict(options)
+    if "gating" in out:
+        out["gating"] = check_gating(out["gating"])
+    combine = {k: out[k] for k in ("sigma", "min_stars", "smooth") if k in out}
+    if combine:
+        defaults: dict = {"sigma": 3.0, "min_stars": 2, "smooth": False}
+        checked = check_combine_options(**{**defaults, **combine})
+        out.update({k: v for k, v in zip(defaults, checked, strict=True) if k in combine})
+    if "metric" in out:
+        out["metric"] = choice("metric", out["metric"], METRICS)
+    if "match" in out:
+        out["match"] = choice("match", out["match"], ("position", "order"))
+    if "radius" in out:
+        out["radius"] = positive_number("radius", out["radius"])
+    for name in ("check_fwhm", "redden"):
+        if name in out:
+            out[name] = flag(name, out[name])
+    return out
 
 
 #: passes of fit → measure at most, when the FWHM is measured
@@ -213,7 +264,12 @@ def fit_at_resolution(
        stars must agree to 13 % (robust scatter): where the templates do not
        match the stars' lines (the bundled stand-in grid on real F stars) they
        scatter by 30 % and more and their median is wrong by 2×, and the
-       measurement is refused.
+       measurement is not used; then
+    3. when the header had no ``SPECFWHM`` (not with ``fwhm="measure"``) and
+       names a set-up of known resolving power
+       (:func:`kspec_xr.stages.nominal_fwhm`, e.g. AAOmega's 580V/385R
+       gratings), its nominal FWHM, said so in ``fwhm_source`` and HISTORY;
+       else the run is refused.
 
     Measured FWHMs are rounded to 2 % steps, so that the exposures of one
     setup share a prepared grid.  Measuring computes the standards' fits.
@@ -223,10 +279,11 @@ def fit_at_resolution(
     Raises
     ------
     CalibrationError
-        The FWHM had to be measured and could not be, reliably (the message
-        gives the numbers and says to pass ``fwhm``).
+        The FWHM had to be measured and could not be, reliably, and the
+        set-up has no nominal resolution (the message gives the numbers and
+        says to pass ``fwhm``).
     """
-    measure = isinstance(fwhm, str)
+    measure = asked_to_measure = isinstance(fwhm, str)
     if measure and fwhm != "measure":
         raise ValueError(
             f"fwhm must be a number, coefficients, a callable or 'measure', not {fwhm!r}"
@@ -254,7 +311,8 @@ def fit_at_resolution(
             fwhm = round_fwhm(sky.fwhm)
             source = f"measured on {sky.n} sky lines"
             measure, checked = False, True
-    if not measure:
+
+    def fit_at(fwhm, source: str, checked: bool) -> xr.Dataset:
         fitted = fit_standards(ds, templates, fwhm=fwhm, **fit_options)
         if checked:
             # (a grid prepared by the caller is for the FWHM they chose: not re-checked)
@@ -262,6 +320,9 @@ def fit_at_resolution(
         return fitted.assign_attrs(
             fwhm_used=float(fitted.attrs["fit_fwhm_median"]), fwhm_source=source, **sky_attrs
         )
+
+    if not measure:
+        return fit_at(fwhm, source, checked)
     wave = np.asarray(ds["wavelength"].values, dtype=float)
     trial = round_fwhm(3.0 * float(np.median(np.diff(wave))))
     tried: list[tuple[float, float]] = []
@@ -282,12 +343,24 @@ def fit_at_resolution(
         values = np.asarray(fitted["std_fwhm"].values, dtype=float)
         values = values[np.isfinite(values)]
         spread = f"{values.min():.2g}-{values.max():.2g} A" if values.size else "none"
-        raise CalibrationError(
-            f"{source_name(ds)}: the header has no SPECFWHM and the instrument FWHM cannot be "
-            f"measured reliably: {found['n']} standards give {spread} (robust scatter "
+        unreliable = (
+            f"{found['n']} standards give {spread} (robust scatter "
             f"{100 * found['scatter']:.0f} %, at most {100 * MAX_SCATTER:.0f} % allowed; the "
-            "templates do not match these stars' lines well enough) and there is no SKY "
-            "spectrum with clean lines; pass fwhm=... (CLI --fwhm, CALIBFLUX_FWHM)"
+            "templates do not match these stars' lines well enough)"
+        )
+        nominal = nominal_fwhm(ds) if not asked_to_measure else None
+        if nominal is None:
+            raise CalibrationError(
+                f"{source_name(ds)}: the header has no SPECFWHM and the instrument FWHM cannot be "
+                f"measured reliably: {unreliable} and there is no SKY spectrum with clean lines"
+                "; pass fwhm=... (CLI --fwhm, CALIBFLUX_FWHM)"
+            )
+        value, setup = nominal
+        return add_history(
+            fit_at(value, f"nominal, {setup}", checked=True),
+            f"fit_at_resolution: no SPECFWHM, no SKY lines, and the FWHM measured on the "
+            f"standards is not reliable: {unreliable}; calibrated at the nominal "
+            f"{value:.3g} A of {setup}",
         )
     passes = ", ".join(f"{a:.3g} -> {b:.3g}" for a, b in tried)
     return add_history(
@@ -355,8 +428,13 @@ def output_state(path: str | os.PathLike) -> str:
         return "corrupt"
     flag = primary_header(ds).get("FLUXCAL")
     if flag is None:  # a file without the card: judge by the flux units
-        flag = ds["flux"].attrs.get("units") == FLUX_UNITS
+        flag = is_flux_units(ds["flux"].attrs.get("units"))
     return "complete" if flag is True else "uncalibrated"
+
+
+#: an output is at most this many times its input's size (calibration products
+#: and float64 arrays), for the free-space check before any work
+_OUTPUT_GROWTH = 3
 
 
 def _check_output(source: Path, output: Path, *, overwrite: bool, resume: bool, in_place: bool):
@@ -366,13 +444,9 @@ def _check_output(source: Path, output: Path, *, overwrite: bool, resume: bool, 
             f"the output {output} is the input {source}; kspec_xr never overwrites its input "
             "(choose another output; apply_fluxcal calibrates in place on purpose)"
         )
-    folder = output.parent
-    if not folder.is_dir():
-        raise RedFileError(
-            f"cannot write {output}: the folder {folder} does not exist; create it first"
-        )
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise RedFileError(f"cannot write {output}: the folder {folder} is not writable")
+    if output.is_dir():
+        raise OutputError(f"cannot write {output}: it is a folder; give a file name")
+    check_writable(output, needed=_OUTPUT_GROWTH * source.stat().st_size)
     if in_place or not output.exists():
         return "replace" if output.exists() else "write"
     state = output_state(output) if resume else None
@@ -472,10 +546,28 @@ def _since(start: float) -> float:
     return round(time.perf_counter() - start, 3)
 
 
-def _truthy(value) -> bool:
-    if isinstance(value, str):
-        return value.strip().lower() in ("1", "t", "true", "yes", "y", "on")
-    return bool(value)
+def _switch(name: str, value) -> bool:
+    """A pipeline argument that is on or off: a bool, 0/1 or yes/no-like text; else an error."""
+    text = str(value).strip().lower()
+    if isinstance(value, bool) or text in ("0", "1"):
+        return text in ("true", "1")
+    if text in ("t", "true", "yes", "y", "on", "f", "false", "no", "n", "off", ""):
+        return text in ("t", "true", "yes", "y", "on")
+    raise OptionError(f"{name} = {value!r}: give true or false (yes/no, 1/0, on/off)")
+
+
+def _fwhm_argument(value):
+    """``CALIBFLUX_FWHM``: None (unset, empty or 0), a FWHM in Å, or 'measure'."""
+    if value in (None, "", 0, "0"):
+        return None
+    if isinstance(value, str) and value.strip().lower() == "measure":
+        return "measure"
+    try:
+        return positive_number("CALIBFLUX_FWHM", float(value))
+    except (TypeError, ValueError):
+        raise OptionError(
+            f"CALIBFLUX_FWHM = {value!r}: give the instrument FWHM in Å, or 'measure'"
+        ) from None
 
 
 def apply_fluxcal(red_filename: str | os.PathLike, args: dict) -> bool:
@@ -500,15 +592,14 @@ def apply_fluxcal(red_filename: str | os.PathLike, args: dict) -> bool:
     bool
         True when the file was calibrated, False when ``CALIBFLUX`` is off.
     """
-    if not _truthy(args.get("CALIBFLUX", False)):
+    if not _switch("CALIBFLUX", args.get("CALIBFLUX", False)):
         return False
     catalog = args.get("CALIBFLUX_CATALOG")
     if not catalog:
         raise CalibrationError(
             "CALIBFLUX is set but CALIBFLUX_CATALOG is not: give the standard-star catalogue path"
         )
-    fwhm = args.get("CALIBFLUX_FWHM")
-    fwhm = float(fwhm) if fwhm not in (None, "", 0, "0") else None
+    fwhm = _fwhm_argument(args.get("CALIBFLUX_FWHM"))
     medium = args.get("CALIBFLUX_MEDIUM")
     medium = str(medium).strip().lower() if medium not in (None, "") else None
     calibrate_file(
@@ -518,8 +609,8 @@ def apply_fluxcal(red_filename: str | os.PathLike, args: dict) -> bool:
         bands=args.get("CALIBFLUX_BANDS") or None,
         templates=args.get("CALIBFLUX_TEMPLATES"),
         fwhm=fwhm,
-        metric=str(args.get("CALIBFLUX_METRIC", "chi2")).lower(),
-        smooth=_truthy(args.get("CALIBFLUX_SMOOTH", False)),
+        metric=str(args.get("CALIBFLUX_METRIC", "chi2")),
+        smooth=_switch("CALIBFLUX_SMOOTH", args.get("CALIBFLUX_SMOOTH", False)),
         wavelength_medium=medium,
     )
     return True

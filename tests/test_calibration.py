@@ -63,8 +63,8 @@ def test_recovers_the_throughput_from_stars_the_templates_do_not_match(tmp_path,
 
 def test_products_and_units(calibrated):
     out = calibrated
-    assert out["flux"].attrs["units"] == "erg/cm2/s/A"
-    assert out["variance"].attrs["units"] == "(erg/cm2/s/A)2"
+    assert out["flux"].attrs["units"] == "erg/(s cm2 Angstrom)"
+    assert out["variance"].attrs["units"] == "erg2/(s2 cm4 Angstrom2)"
     for name in ("calibration", "calibration_variance", "calibration_rms", "calibration_mask"):
         assert out[name].dims == ("wavelength",)
         assert "units" in out[name].attrs
@@ -222,7 +222,7 @@ def test_written_file_describes_the_calibration(calibrated, tmp_path):
     path = kx.write_red(calibrated, tmp_path / "fcal.fits")
     back = kx.open_red(path)
     header = kx.primary_header(back)
-    assert header["BUNIT"] == "erg/cm2/s/A"
+    assert header["BUNIT"] == "10**-17 erg/(s cm2 Angstrom)"
     assert header["FLUXCAL"] is True
     assert header["FCALNSTR"] == 6
     assert 0 < header["FCALRMS"] < 0.2

@@ -43,7 +43,7 @@ def test_fluxcal_writes_a_calibrated_file(sim, tmp_path, capsys):
     assert "4/4 standards used" in capsys.readouterr().out
     assert _digest(sim.red_path) == before  # input untouched
     header = kx.primary_header(kx.open_red(out))
-    assert header["FLUXCAL"] is True and header["BUNIT"] == "erg/cm2/s/A"
+    assert header["FLUXCAL"] is True and header["BUNIT"] == "10**-17 erg/(s cm2 Angstrom)"
 
 
 @pytest.mark.parametrize(

@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +17,7 @@ from distributed import Client, LocalCluster, WorkerPlugin
 
 import kspec_xr as kx
 import kspec_xr.batch as kd
+from kspec_xr._base.paths import _temp_prefix
 from kspec_xr.cli import main
 from kspec_xr.nightly import NIGHTLY_NAME
 from kspec_xr.testing import make_exposure
@@ -112,7 +115,7 @@ def test_batch_matches_serial(first_batch, exposures):
         np.testing.assert_allclose(
             written["variance"].values, serial["variance"].values, equal_nan=True
         )
-        assert written["flux"].attrs["units"] == "erg/cm2/s/A"
+        assert written["flux"].attrs["units"] == "erg/(s cm2 Angstrom)"
 
     on_disk = pd.read_csv(out_dir / kd.SUMMARY_NAME, keep_default_na=False)
     assert list(on_disk["input"]) == list(summary["input"])
@@ -174,8 +177,15 @@ class KillOnce(WorkerPlugin):
 def test_worker_killed_mid_batch(exposures, catalogs, client, tmp_path):
     out_dir = tmp_path / "out"
     out_dir.mkdir()
-    # what a worker killed in the middle of write_red leaves behind
-    (out_dir / ".bred.fits.k1ll3d.tmp").write_bytes(b"half a FITS file")
+    # what a worker killed in the middle of write_red leaves behind (its pid is gone)
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    stale = _temp_prefix(out_dir / "bred.fits", int(dead)) + "k1ll3d.tmp"
+    (out_dir / stale).write_bytes(b"half a FITS file")
     marker = tmp_path / "killed-once"
     workers_before = set(client.scheduler_info()["workers"])
     client.register_plugin(KillOnce("calibrate-bred.fits-", str(marker)))
@@ -190,7 +200,7 @@ def test_worker_killed_mid_batch(exposures, catalogs, client, tmp_path):
     assert _temporaries(out_dir) == []
     for exp in exposures:
         out = kx.open_red(out_dir / exp.red_path.name)
-        assert out["flux"].attrs["units"] == "erg/cm2/s/A"
+        assert out["flux"].attrs["units"] == "erg/(s cm2 Angstrom)"
     client.wait_for_workers(2, timeout=60)  # the nanny restarted the dead worker
     assert set(client.scheduler_info()["workers"]) != workers_before
 
@@ -311,7 +321,7 @@ def test_cli_resume_skips_complete_and_redoes_truncated(first_batch, exposures, 
     assert list(summary["status"]) == ["ok", "skipped", "skipped"]
     redone = kx.open_red(truncated)
     assert truncated.stat().st_size == len(data)
-    assert redone["flux"].attrs["units"] == "erg/cm2/s/A"
+    assert redone["flux"].attrs["units"] == "erg/(s cm2 Angstrom)"
     for name in ("bred.fits", "cred.fits"):  # skipped: untouched
         assert (out_dir / name).read_bytes() == (done_dir / name).read_bytes()
 

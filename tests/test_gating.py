@@ -233,7 +233,7 @@ def test_gating_options_are_checked_and_used(clean, prepared):
         .pipe(kx.scale_to_photometry)
         .pipe(kx.star_calibrations)
     )
-    with pytest.raises(ValueError, match="zp_limit must be a finite number"):
+    with pytest.raises(ValueError, match="zp_limit must be at least 0"):
         kx.gate_standards(ds, zp_limit=-1)
     strict = kx.gate_standards(ds, min_snr=1e6).compute()
     assert set(_status(strict)) == {StandardStatus.FAINT}

@@ -379,8 +379,8 @@ def with_products(ds):
     out = ds.assign(products).assign_coords(standards)
     out = out.assign_coords(band=("band", np.array(["g", "r", "i"]), {"units": ""}))
     out = out.assign_coords(ok_fiber=("fiber", ds.fiber_type.values != "N"))
-    out["flux"] = out.flux.assign_attrs(units="erg/cm2/s/A")
-    out["variance"] = out.variance.assign_attrs(units="(erg/cm2/s/A)2")
+    out["flux"] = out.flux.assign_attrs(units="erg/(s cm2 Angstrom)")
+    out["variance"] = out.variance.assign_attrs(units="erg2/(s2 cm4 Angstrom2)")
     out["mask"] = out.mask | np.int32(maskbits.bit("TELLURIC")) * (out.wavelength > 5030)
     out["mask"].attrs = maskbits.flag_attrs()  # arithmetic kept wavelength's attrs
     out = with_header_cards(out, FLUXCAL=(True, "flux calibrated"), FCALNSTR=1)
@@ -393,11 +393,20 @@ def test_products_round_trip(tmp_path, red_path):
     back = open_red(path)
     # the writer set BUNIT from the flux units: the only change in the header
     expected = primary_header(ds)
-    expected["BUNIT"] = "erg/cm2/s/A"
+    expected["BUNIT"] = "10**-17 erg/(s cm2 Angstrom)"  # float32, scaled (write_red's dtype)
     assert primary_header(back) == expected
-    assert_identical(back.assign_attrs(fits_header=ds.attrs["fits_header"]), ds)
+    spectra = ["flux", "variance"]  # read back as float64 physical values
+    assert_identical(
+        back.assign_attrs(fits_header=ds.attrs["fits_header"]).drop_vars(spectra),
+        ds.drop_vars(spectra),
+    )
+    for name in spectra:
+        assert back[name].dtype == np.float64
+        assert back[name].attrs["units"] == ds[name].attrs["units"]
+        xr.testing.assert_allclose(back[name], ds[name].astype(np.float64), rtol=1e-7)
     header = fits.getheader(path)
-    assert header["BUNIT"] == "erg/cm2/s/A" and header["FLUXCAL"] is True
+    assert header["BUNIT"] == "10**-17 erg/(s cm2 Angstrom)" and header["FLUXCAL"] is True
+    assert fits.getheader(path, "VARIANCE")["BUNIT"] == "10**-34 erg2/(s2 cm4 Angstrom2)"
     assert "KSPECXR VERSION" not in header  # no history lines were added
     # and the file written from the re-read Dataset is the same file
     assert_fits_identical(path, write_red(back, tmp_path / "again.fits"))
@@ -710,4 +719,4 @@ def test_no_attribute_travels_to_a_variable_it_does_not_describe(calibrated_file
             if "system" in var.attrs:
                 assert var.attrs.get("units") == "mag", name
         assert "flag_values" not in ds["mask"].attrs
-        assert ds["flux"].attrs["units"] == "erg/cm2/s/A"
+        assert ds["flux"].attrs["units"] == "erg/(s cm2 Angstrom)"

@@ -8,7 +8,7 @@ from scipy.ndimage import gaussian_filter1d
 
 import kspec_xr as kx
 from kspec_xr._base.bands import band_range
-from kspec_xr._base.errors import TemplateError
+from kspec_xr._base.errors import KspecWarning, TemplateError
 from kspec_xr.templates import prepare_templates
 from kspec_xr.templates.standin import write_standin_grid
 
@@ -106,7 +106,8 @@ def test_cache_is_reused_and_keyed(small_grid, tmp_path):
     expected = np.array(first["flux"].values)
     del first, second
     (folders[0] / "flux.npy").write_bytes(b"garbage")
-    again = prepare_templates(small_grid, WAVE, FWHM, cache=tmp_path)
+    with pytest.warns(KspecWarning, match="not using a cached prepared grid"):
+        again = prepare_templates(small_grid, WAVE, FWHM, cache=tmp_path)
     np.testing.assert_array_equal(expected, again["flux"].values)
 
 

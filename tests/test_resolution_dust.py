@@ -217,3 +217,32 @@ def test_the_fwhm_check_keeps_a_chunked_exposure_lazy(no_fwhm_exposure):
         lazy = kx.flux_calibrate(chunked, catalog=sim.catalog_path, fwhm=4.4)
     assert lazy["std_fwhm"].chunks is not None
     assert np.nanmedian(lazy["std_fwhm"].values) == pytest.approx(4.4, rel=0.1)
+
+
+def test_a_known_grating_gives_the_nominal_fwhm_when_the_stars_disagree(
+    no_fwhm_exposure, monkeypatch, tmp_path
+):
+    from kspec_xr import pipeline
+    from kspec_xr.stages import nominal_fwhm
+
+    sim = no_fwhm_exposure
+    assert nominal_fwhm(sim.red) is None  # the simulation names no instrument
+    real = pipeline.measured_fwhm
+    monkeypatch.setattr(
+        pipeline, "measured_fwhm", lambda ds: {**real(ds), "reliable": False, "scatter": 0.4}
+    )
+    red = kx.with_header_cards(
+        sim.red.drop_vars("SKY"), INSTRUME="AAOMEGA-2dF", GRATID="385R", LAMBDAC=7251.5
+    )
+    assert nominal_fwhm(red) == (pytest.approx(7251.5 / 1300), "AAOmega 385R R=1300")
+    out = red.pipe(kx.flux_calibrate, catalog=sim.catalog_path).compute()
+    assert out.attrs["fwhm_source"] == "nominal, AAOmega 385R R=1300"
+    assert out.attrs["fwhm_used"] == pytest.approx(5.578, abs=0.01)
+    assert "FWHM measured on the standards is not reliable" in out.attrs["history"]
+    path = kx.write_red(out, tmp_path / "nominal.fits")
+    card = fits.getheader(path)
+    assert card["FCALFWHM"] == pytest.approx(5.578, abs=0.01)
+    assert "nominal, AAOmega 385R" in card.comments["FCALFWHM"]
+    # asked to measure, a nominal value is not a measurement: refused
+    with pytest.raises(CalibrationError, match="cannot be measured reliably"):
+        red.pipe(kx.flux_calibrate, catalog=sim.catalog_path, fwhm="measure")

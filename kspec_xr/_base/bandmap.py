@@ -56,15 +56,17 @@ a :class:`BandMap` or :class:`Preset`
 
 Missing values
 --------------
-A magnitude is missing when blank, non-numeric or non-finite, when
-\\|m\\| ≥ 99 (99, 99.999, −99, −999, −9999 sentinels) and -- except in the
-RefCat2 layout, where K = 0 is a real 2MASS value -- when it is exactly 0; a
+A magnitude is missing when blank, non-numeric or non-finite, when it is
+outside −5 < m < 40 (which takes the 99, 99.99, 99.999, −99, −999, −9999
+sentinels) and when it is exactly 0 (the "no value" of many query
+services, RefCat2's too; a map built with ``zero_missing=False`` keeps 0); a
 flux (``unit="nanomaggy"``) when ≤ 0.  An error is missing when blank,
-non-finite or ≤ 0 (RefCat2: < 0); the magnitude then gets the map's
+non-finite, 0 or negative (never a weight); the magnitude then gets the map's
 ``default_error`` (:data:`DEFAULT_ERROR`, 0.03 mag, unless the map says
 otherwise) and ``mag_err_default`` records it -- or, with ``default_error``
-None (RefCat2), is left out.  An error ≥ 9 mag is the survey saying the
-measurement is worthless: the magnitude is left out.
+None (RefCat2, unless ``read_catalog(default_error=...)`` gives one), is left
+out.  An error ≥ 9 mag is the survey saying the measurement is worthless: the
+magnitude is left out.
 
 Columns match exactly, else case-insensitively when only one column fits.
 """
@@ -235,7 +237,8 @@ class BandMap:
         Every column named must be in the catalogue (a user's map); False (a
         preset): bands whose magnitude column is absent are skipped.
     zero_missing : bool
-        A magnitude of exactly 0 (an error of 0) is missing.
+        A magnitude of exactly 0 is missing (True for every preset).  An error
+        of 0 or below is always missing.
     """
 
     bands: tuple[BandSpec, ...]
@@ -589,7 +592,6 @@ _REFCAT2 = _layout(
         _vega("K", "twomass-Ks", "dK"),
     ],
     default_error=None,
-    zero_missing=False,
 )
 
 _DECAM = "grizY"
@@ -613,7 +615,7 @@ _PRESET_LIST = [
         "refcat2",
         (_REFCAT2,),
         "ATLAS-RefCat2: Gaia DR2 G/BP/RP (Vega), Pan-STARRS1 g r i z (AB), 2MASS J H K (Vega); "
-        "errors dGaia, dg, …; no default error; 0 is a real value",
+        "errors dGaia, dg, …; no default error; 0 = missing",
         "Tonry et al. 2018, ApJ 867, 105, Table 4 (MAST/CasJobs and ATLAS query output)",
     ),
     Preset(

@@ -15,6 +15,8 @@ __all__ = [
     "TemplateError",
     "CalibrationError",
     "OutputExistsError",
+    "OutputError",
+    "OptionError",
     "KspecWarning",
 ]
 
@@ -41,6 +43,14 @@ class CalibrationError(KspecError):
 
 class OutputExistsError(KspecError, FileExistsError):
     """An output path exists and the caller did not ask to overwrite it."""
+
+
+class OutputError(KspecError):
+    """An output cannot be written where asked (missing or read-only folder, no space)."""
+
+
+class OptionError(KspecError, TypeError):
+    """An option of a function or of the command line has a wrong type or value."""
 
 
 class KspecWarning(UserWarning):

@@ -2,19 +2,40 @@
 
 :func:`atomic_output` is the one way every writer of the package makes a file
 that is either complete or absent: a temporary file beside it, then a rename.
+:func:`sweep_stale_temps` removes the temporary files of writers that were
+killed, and only those.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
+import re
+import shutil
+import socket
+import stat
 import tempfile
+import time
 from importlib.resources import files
 from pathlib import Path
 
-from .errors import OutputExistsError
+from .errors import OutputError, OutputExistsError
 
-__all__ = ["data_path", "cache_dir", "atomic_output", "same_file"]
+__all__ = [
+    "data_path",
+    "cache_dir",
+    "atomic_output",
+    "sweep_stale_temps",
+    "same_file",
+    "check_writable",
+]
+
+#: a temporary file older than this (seconds) is stale whoever made it
+STALE_AFTER = 86400.0
+#: what follows ``.{name}.`` in a temporary file's name: ``{pid}-{host}.{random}``
+#: (``{random}`` alone in files of kspec_xr versions before the owner was named)
+_TEMP_TAIL = re.compile(r"(?:(\d+)-([0-9a-f]{8})\.)?([a-z0-9_]+)\.tmp")
 
 
 def data_path(*parts: str) -> Path:
@@ -41,18 +62,90 @@ def _umask() -> int:
     return mask
 
 
+def _host_tag() -> str:
+    """8 hex digits naming this machine (a pid means something only on its own host)."""
+    return hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]
+
+
+def _temp_prefix(path: Path, pid: int | None = None) -> str:
+    """The start of the names of ``path``'s temporary files made by process ``pid`` (this one)."""
+    return f".{path.name}.{os.getpid() if pid is None else pid}-{_host_tag()}."
+
+
+def _process_gone(pid: int) -> bool:
+    """True if no process ``pid`` runs on this machine (False when it cannot be told)."""
+    if pid <= 0:
+        return True
+    if pid == os.getpid() or os.name == "nt":  # Windows: os.kill(pid, 0) is CTRL_C_EVENT
+        return False
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):  # none such (or none can be)
+        return True
+    except OSError:  # PermissionError: it runs, as another user
+        return False
+    return False
+
+
+def sweep_stale_temps(path, *, max_age: float = STALE_AFTER) -> list[Path]:
+    """Remove the temporary files that killed writers of ``path`` left; return them.
+
+    A temporary file of ``path`` (made by :func:`atomic_output`) is
+    ``.{name}.{pid}-{host}.{random}.tmp`` beside it.  It is removed when the
+    process that made it is gone (``os.kill(pid, 0)`` finds no such process
+    on this machine) or when it is older than ``max_age`` seconds (a day);
+    one of a process still running -- a concurrent run writing the same
+    output, or one on another machine of a shared file system -- is left
+    alone.  Names are compared as strings, never as glob patterns, so a
+    ``[``, ``*`` or ``?`` in the name matches only itself, and the
+    temporary files of other outputs (``name.gz``, ``name.1``) are never
+    touched.  Files of older kspec_xr versions (``.{name}.{random}.tmp``,
+    no owner) go when older than ``max_age``.
+    """
+    path = Path(path)
+    folder = path.parent
+    prefix, host = f".{path.name}.", _host_tag()
+    try:
+        entries = os.listdir(folder)
+    except OSError:
+        return []
+    now, removed = time.time(), []
+    for entry in entries:
+        match = _TEMP_TAIL.fullmatch(entry[len(prefix) :]) if entry.startswith(prefix) else None
+        if match is None:
+            continue
+        candidate = folder / entry
+        try:
+            info = candidate.lstat()
+        except OSError:
+            continue
+        if not stat.S_ISREG(info.st_mode):
+            continue
+        pid, owner_host = match.group(1), match.group(2)
+        gone = pid is not None and owner_host == host and _process_gone(int(pid))
+        if gone or now - info.st_mtime > max_age:
+            with contextlib.suppress(OSError):
+                candidate.unlink()
+                removed.append(candidate)
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_output(path, *, overwrite: bool = True):
     """Yield a temporary path beside ``path``; rename it into place when the block succeeds.
 
-    The temporary file (``.{name}.XXXX.tmp`` in the same folder, so the rename
-    is atomic) is removed if the block raises.  With ``overwrite=False`` an
-    existing ``path`` is never replaced, even one created while writing:
-    ``OutputExistsError``.  The file gets the permissions of the file it
-    replaces, or the usual ones for a new file.
+    The temporary file (``.{name}.{pid}-{host}.XXXX.tmp`` in the same folder,
+    so the rename is atomic; the owner in its name lets
+    :func:`sweep_stale_temps` tell a killed writer's file from a live one's)
+    is removed if the block raises.  Stale temporary files of ``path`` are
+    swept first.  With ``overwrite=False`` an existing ``path`` is never
+    replaced, even one created while writing: ``OutputExistsError``.  The
+    file gets the permissions of the file it replaces, or the usual ones for
+    a new file.
     """
     path = Path(path)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    sweep_stale_temps(path)
+    fd, name = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(name)
     try:
@@ -85,3 +178,38 @@ def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
     with contextlib.suppress(OSError):
         return os.path.samefile(a, b)
     return False
+
+
+def check_writable(path, *, needed: int = 0) -> None:
+    """Refuse, before any work, an output that could not be written beside ``path``.
+
+    The folder must exist and take a new file (tried for real: a temporary
+    file is created and removed, which also catches read-only file systems
+    and root on a read-only mount), and have ``needed`` bytes free.
+
+    Raises
+    ------
+    OutputError
+        Naming the path and what to do.
+    """
+    path = Path(path)
+    folder = path.parent
+    if not folder.is_dir():
+        raise OutputError(
+            f"cannot write {path}: the folder {folder} does not exist; create it first"
+        )
+    try:
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.probe.", dir=folder)
+        os.close(fd)
+        os.unlink(name)
+    except OSError as err:
+        raise OutputError(
+            f"cannot write {path}: the folder {folder} does not take new files "
+            f"({err.strerror or err}); choose another output folder"
+        ) from None
+    free = shutil.disk_usage(folder).free
+    if free < needed:
+        raise OutputError(
+            f"cannot write {path}: {free / 1e6:.0f} MB free in {folder}, about "
+            f"{needed / 1e6:.0f} MB needed; free some space or choose another folder"
+        )

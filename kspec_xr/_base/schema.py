@@ -33,6 +33,9 @@ from .status import (
 
 __all__ = [
     "FLUX_UNITS",
+    "FLUX_VARIANCE_UNITS",
+    "LEGACY_FLUX_UNITS",
+    "is_flux_units",
     "HEADER_ATTR",
     "HDU_ATTR",
     "COLUMN_ATTR",
@@ -59,8 +62,19 @@ __all__ = [
     "REASON_WIDTH",
 ]
 
-#: units of calibrated flux density
-FLUX_UNITS = "erg/cm2/s/A"
+#: units of calibrated flux density, as the FITS standard spells them (kspecdr and
+#: earlier kspec_xr wrote "erg/cm2/s/A", which FITS readers take as per ampere)
+FLUX_UNITS = "erg/(s cm2 Angstrom)"
+#: units of the variance of calibrated flux density
+FLUX_VARIANCE_UNITS = "erg2/(s2 cm4 Angstrom2)"
+#: older spellings of :data:`FLUX_UNITS` still found in files
+LEGACY_FLUX_UNITS = ("erg/cm2/s/A", "erg/s/cm2/A")
+
+
+def is_flux_units(units) -> bool:
+    """True if ``units`` is :data:`FLUX_UNITS` in the current or an older spelling."""
+    return isinstance(units, str) and units.strip() in (FLUX_UNITS, *LEGACY_FLUX_UNITS)
+
 
 # How a Dataset remembers its RED file (see kspec_xr.io): the primary header,
 # the HDU and header a variable came from, the table column it holds, the raw

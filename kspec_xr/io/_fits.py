@@ -22,6 +22,8 @@ import io
 import json
 import os
 import re
+import stat
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,11 +47,14 @@ __all__ = [
     "BLOCK",
     "EncodedHDU",
     "column_format",
+    "declare_long_strings",
     "decode_attrs",
     "encode_attrs",
     "encode_image",
     "encode_table",
     "merge_header",
+    "narrowest_integers",
+    "unit_scale",
     "update_checksums",
 ]
 
@@ -77,13 +82,33 @@ _DEFAULT_FLUX_UNITS = "count"
 
 
 def _input_file(path, error, what: str) -> Path:
+    """``path`` as a Path, after checking that it names a readable regular file.
+
+    A directory, FIFO, socket or device is refused before it is opened (reading
+    a FIFO would block, a device would never end).
+    """
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"{what} path must be a str or os.PathLike, not {type(path).__name__}")
     path = Path(path)
-    if not path.exists():
-        raise error(f"{what} {path} does not exist; check the path")
-    if not path.is_file():
-        raise error(f"{what} {path} is not a file; give the path of a FITS file")
+    try:
+        mode = path.stat().st_mode  # follows symbolic links, as open() would
+    except (FileNotFoundError, NotADirectoryError):
+        raise error(f"{what} {path} does not exist; check the path") from None
+    except OSError as err:
+        raise error(
+            f"cannot read {what} {path} ({err.strerror or err}); check the path and its permissions"
+        ) from None
+    if not stat.S_ISREG(mode):
+        kind = (
+            "a directory"
+            if stat.S_ISDIR(mode)
+            else "a FIFO (named pipe)"
+            if stat.S_ISFIFO(mode)
+            else "a socket"
+            if stat.S_ISSOCK(mode)
+            else "a device"
+        )
+        raise error(f"{what} {path} is not a file but {kind}; give the path of a FITS file")
     if not os.access(path, os.R_OK):
         raise error(f"cannot read {what} {path}: permission denied; check its permissions")
     return path
@@ -139,21 +164,168 @@ def _same_bits(a: np.ndarray, b: np.ndarray) -> bool:
     return bool(np.all(_bits_equal(a, b)))
 
 
+# --- units ------------------------------------------------------------------------
+# Units are written as the FITS standard spells them (Pence et al. 2010, §4.3),
+# which astropy reads with ``u.Unit(s, format="fits")``: 'erg/(s cm2 Angstrom)',
+# 'erg2/(s2 cm4 Angstrom2)', 'count', a scale as '10**-17 erg/(s cm2 Angstrom)'.
+# kspecdr (and earlier kspec_xr) wrote 'erg/cm2/s/A' -- FITS reads 'A' as the
+# ampere -- 'Counts' and '(erg/cm2/s/A)2'; those are read as the units they meant.
+
+_SCALE = re.compile(
+    r"^\s*(?:10\s*(?:\*\*|\^)\s*\(?\s*([+-]?\d+)\s*\)?|(\d[\d.]*[eE][+-]?\d+))\s+(\S.*)$"
+)
+
+
+def _modern_spelling(units: str) -> str:
+    """``units`` with kspecdr's spellings replaced: 'A' beside 'erg' (Å), 'Counts', '(…)2'."""
+    s = re.sub(r"(?i)(?<![A-Za-z])counts?(?![A-Za-z])", "count", units.strip())
+    if re.search(r"(?<![A-Za-z])erg(?![A-Za-z])", s):
+        s = re.sub(r"(?<![A-Za-z0-9_])A(?![A-Za-z0-9_])", "Angstrom", s)
+    return re.sub(r"\)\s*(\d+)$", r")**\1", s)
+
+
+def _parse_unit(units) -> u.UnitBase | None:
+    """The astropy unit a unit string means (FITS or kspecdr spelling), or None."""
+    if not isinstance(units, str):
+        return None
+    s = _modern_spelling(units)
+    power = re.fullmatch(r"\((.*)\)\s*(?:\*\*|\^)\s*\(?([+-]?\d+)\)?", s)
+    if power is not None:
+        inner = _parse_unit(power.group(1))
+        return None if inner is None else inner ** int(power.group(2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", u.UnitsWarning)
+        for fmt in ("fits", None):
+            try:
+                return u.Unit(s, format=fmt)
+            except (ValueError, TypeError):
+                continue
+    return None
+
+
+def _fits_parses(units: str) -> bool:
+    """True if ``u.Unit(units, format="fits")`` reads ``units`` without a complaint."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", u.UnitsWarning)
+        try:
+            u.Unit(units, format="fits")
+        except (ValueError, TypeError, u.UnitsWarning):
+            return False
+    return True
+
+
+def _unit_text(unit: u.UnitBase) -> str | None:
+    """FITS spelling of an astropy unit ('erg/(Angstrom s cm2)', '10**-17 …'), or None."""
+    scale = float(unit.scale)
+    prefix = ""
+    if scale != 1.0:
+        if not scale > 0:
+            return None
+        power = int(round(np.log10(scale)))
+        if not np.isclose(10.0**power, scale, rtol=1e-12, atol=0.0):
+            return None
+        prefix = f"10**{power} "
+    base = u.CompositeUnit(1, unit.bases, unit.powers)
+    try:
+        text = base.to_string("fits", fraction="inline").replace(" / ", "/")
+    except (ValueError, TypeError):
+        return None
+    return prefix + text if text else None
+
+
+def unit_scale(units: str) -> tuple[float, str]:
+    """The numeric factor of a unit string and the units without it.
+
+    ``'10**-17 erg/(s cm2 Angstrom)'`` gives ``(1e-17, 'erg/(s cm2 Angstrom)')``
+    (``'1e-17 …'`` too); a unit string without a factor gives ``(1.0, units)``.
+    Physical values are the stored ones times the factor.
+    """
+    match = _SCALE.match(units) if isinstance(units, str) else None
+    if match is None:
+        return 1.0, units
+    exponent, number, rest = match.groups()
+    return (10.0 ** int(exponent) if exponent is not None else float(number)), rest.strip()
+
+
+def physical_values(data, units: str):
+    """Values stored in a scaled unit and that unit -> physical values and plain units.
+
+    ``(data, '10**-17 erg/(s cm2 Angstrom)')`` gives ``(data * 1e-17`` as
+    float64, ``'erg/(s cm2 Angstrom)')``; NumPy or dask (lazy) alike.  Units
+    without a factor leave ``data`` as it is.
+    """
+    factor, plain = unit_scale(units)
+    if factor == 1.0:
+        return data, units
+    return data.astype(np.float64) * factor, plain
+
+
+def _scaled_units(factor: float, units: str) -> str:
+    """``units`` with a power-of-ten factor in front (the inverse of :func:`unit_scale`)."""
+    return f"10**{int(round(np.log10(factor)))} {units}"
+
+
+def _fits_units(units) -> str | None:
+    """How ``units`` is written as BUNIT/TUNIT: itself when FITS reads it so,
+    else its FITS spelling; None when dimensionless or not expressible."""
+    if not isinstance(units, str) or not units.strip():
+        return None
+    text = units.strip()
+    unit = _parse_unit(text)
+    if unit is None or unit == u.dimensionless_unscaled:
+        return None
+    if _modern_spelling(text) == text and _fits_parses(text):
+        return text
+    written = _unit_text(unit)
+    return written if written is not None and _fits_parses(written) else None
+
+
+def _square_tokens(units: str) -> str:
+    """'erg/(s cm2 Angstrom)' -> 'erg2/(s2 cm4 Angstrom2)': every exponent doubled."""
+    factor, rest = unit_scale(units)
+
+    def doubled(match: re.Match) -> str:
+        return f"{match.group(1)}{2 * int(match.group(2) or 1)}"
+
+    squared = re.sub(r"([A-Za-z]+)([+-]?\d+)?", doubled, rest)
+    return squared if factor == 1.0 else _scaled_units(factor**2, squared)
+
+
 def _squared_units(units: str) -> str:
-    return f"{units}2" if re.fullmatch(r"[A-Za-z]+", units) else f"({units})2"
+    """The units of a variance of values in ``units``.
+
+    FITS spellings give FITS spellings ('erg/(s cm2 Angstrom)' ->
+    'erg2/(s2 cm4 Angstrom2)', 'count' -> 'count2'); other strings keep the
+    kspecdr form ('Counts' -> 'Counts2', 'erg/cm2/s/A' -> '(erg/cm2/s/A)2'),
+    so that the units read from an old file do not change.
+    """
+    legacy = f"{units}2" if re.fullmatch(r"[A-Za-z]+", units) else f"({units})2"
+    text = units.strip()
+    if not text or _modern_spelling(text) != text or not _fits_parses(text):
+        return legacy
+    unit = _parse_unit(text)
+    squared = _square_tokens(text)
+    if unit is not None and _fits_parses(squared) and _parse_unit(squared) == unit**2:
+        return squared
+    written = _unit_text(unit**2) if unit is not None else None
+    return written if written is not None else legacy
 
 
 def _same_unit(a: str, b: str) -> bool:
-    """True if two unit strings mean the same (``'degrees'`` and ``'deg'``)."""
+    """True if two unit strings mean the same (``'degrees'`` and ``'deg'``,
+    kspecdr's ``'erg/cm2/s/A'`` and ``'erg/(s cm2 Angstrom)'``)."""
     a, b = a.strip(), b.strip()
     if a == b:
         return True
     for names in (_DEGREES, _RADIANS):
         if a.lower() in names and b.lower() in names:
             return True
+    unit_a, unit_b = _parse_unit(a), _parse_unit(b)
+    if unit_a is None or unit_b is None:
+        return False
     try:
-        return u.Unit(a, parse_strict="silent") == u.Unit(b, parse_strict="silent")
-    except (ValueError, TypeError):
+        return bool(unit_a == unit_b)
+    except (ValueError, TypeError):  # pragma: no cover - exotic units
         return False
 
 
@@ -185,7 +357,7 @@ def _angle_to_degrees(values: np.ndarray, unit: str | None, where: str):
         return np.degrees(values), "rad"
     try:
         factor = u.Unit(unit).to(u.deg)
-    except (ValueError, u.UnitsError):
+    except (ValueError, TypeError, u.UnitsError):
         raise RedFileError(
             f"{where} has TUNIT {unit!r}, which is not an angle; "
             "set it to 'rad' or 'deg' (2dfdr writes radians)"
@@ -199,21 +371,74 @@ def _angle_from_degrees(values: np.ndarray, unit: str) -> np.ndarray:
     return values / u.Unit(unit).to(u.deg)
 
 
-def _wcs_wavelength(header: fits.Header, npix: int, axis: int) -> np.ndarray | None:
-    """Wavelengths (Å) of a linear (or -LOG) WCS along FITS axis ``axis``, or None."""
-    crval = header.get(f"CRVAL{axis}")
-    cdelt = header.get(f"CDELT{axis}", header.get(f"CD{axis}_{axis}"))
-    if crval is None or cdelt is None:
+def _wcs_wavelength(
+    header: fits.Header, npix: int, axis: int, *, where: str | None = None
+) -> np.ndarray | None:
+    """Wavelengths (Å) of a linear (or -LOG) WCS along FITS axis ``axis``, or None.
+
+    None when the header has no ``CRVALn`` and ``CDELTn`` (or ``CDn_n``).
+    ``CUNITn`` may be any length astropy knows ('Angstrom', 'nm', 'm', …;
+    none means Å).  Cards that do not give increasing, positive, finite
+    wavelengths (a step that is not a positive number, a ``CUNITn`` that is
+    not a length, …) raise :class:`RedFileError` naming ``where`` (e.g. ``"RED
+    file x.fits, HDU PRIMARY"``) and the card; without ``where`` (the writer,
+    which only asks whether the header still describes the axis) they give None.
+    """
+
+    def number(card: str, default=None) -> float | None:
+        value = header.get(card, default)
+        if isinstance(value, (int, float, np.number)) and not isinstance(value, (bool, np.bool_)):
+            return float(value) if np.isfinite(value) else None
         return None
-    offset = (np.arange(1, npix + 1, dtype=np.float64) - header.get(f"CRPIX{axis}", 1.0)) * cdelt
-    if str(header.get(f"CTYPE{axis}", "")).strip().upper().endswith("-LOG"):
-        wave = crval * np.exp(offset / crval)
-    else:
-        wave = crval + offset
-    unit = str(header.get(f"CUNIT{axis}", "")).strip()
-    if unit and unit.lower() not in {"angstrom", "angstroms", "a"}:
-        wave = wave * u.Unit(unit).to(u.AA)
-    return wave
+
+    def grid() -> np.ndarray | tuple[str, str]:
+        """The wavelengths, or the card at fault and what is wrong with it."""
+        crval, cdelt, crpix = number(f"CRVAL{axis}"), number(step_card), number(f"CRPIX{axis}", 1.0)
+        if crval is None:
+            return f"CRVAL{axis}", "not a finite number"
+        if cdelt is None:
+            return step_card, "not a finite number"
+        if crpix is None:
+            return f"CRPIX{axis}", "not a finite number"
+        if cdelt <= 0:
+            return step_card, "the wavelength step per pixel must be positive"
+        log = str(header.get(f"CTYPE{axis}", "")).strip().upper().endswith("-LOG")
+        if log and crval <= 0:
+            return f"CRVAL{axis}", "a logarithmic (-LOG) axis needs a positive reference value"
+        unit = str(header.get(f"CUNIT{axis}", "")).strip()
+        factor = 1.0
+        if unit and unit.lower() not in {"angstrom", "angstroms", "a"}:
+            try:
+                factor = u.Unit(unit).to(u.AA)
+            except u.UnitsError:
+                return f"CUNIT{axis}", "not a unit of length ('Angstrom', 'nm', 'm', ...)"
+            except (ValueError, TypeError):
+                return f"CUNIT{axis}", "not a unit astropy knows; use 'Angstrom', 'nm' or 'm'"
+        with np.errstate(all="ignore"):
+            offset = (np.arange(1, npix + 1, dtype=np.float64) - crpix) * cdelt
+            wave = (crval * np.exp(offset / crval) if log else crval + offset) * factor
+        if not np.all(np.isfinite(wave)) or wave[0] <= 0:
+            return f"CRVAL{axis}", (
+                f"the axis runs from {wave[0]:.6g} to {wave[-1]:.6g} Å, and wavelengths must "
+                "be positive and finite"
+            )
+        if npix > 1 and not np.all(np.diff(wave) > 0):
+            return step_card, "the step is too small for the wavelengths to increase"
+        return wave
+
+    step_card = f"CDELT{axis}" if f"CDELT{axis}" in header else f"CD{axis}_{axis}"
+    if f"CRVAL{axis}" not in header or step_card not in header:
+        return None
+    result = grid()
+    if not isinstance(result, tuple):
+        return result
+    if where is None:
+        return None
+    card, problem = result
+    raise RedFileError(
+        f"{where}, card {card} = {header.get(card)!r}: {problem}; fix the card, or give the "
+        "wavelength of every pixel in a WAVELA image"
+    )
 
 
 #: spectral CTYPEn of the FITS WCS (Greisen et al. 2006, paper III) -> medium
@@ -353,6 +578,37 @@ def merge_header(
         out.insert(anchor, card)
         present = {c.keyword: i for i, c in enumerate(out)}
     return fits.Header(out)
+
+
+_LONGSTRN = ("LONGSTRN", "OGIP 1.0", "The OGIP long string convention may be used.")
+
+
+def declare_long_strings(header: fits.Header) -> None:
+    """Add ``LONGSTRN = 'OGIP 1.0'`` before the first long ``KX*`` string card.
+
+    The cards the writer makes (``KXATTRS``, ``KXMETA``, ``KXCOLn``) continue on
+    ``CONTINUE`` cards; fitsverify asks for ``LONGSTRN`` to announce that.  Only
+    the writer's own cards are looked at, so a header read from a file is
+    written back as it was.
+    """
+    if _LONGSTRN[0] in header:
+        return
+    for index, card in enumerate(header.cards):
+        if card.keyword.startswith("KX") and isinstance(card.value, str) and len(card.image) > 80:
+            header.insert(index, _LONGSTRN)
+            return
+
+
+def narrowest_integers(values: np.ndarray) -> np.ndarray:
+    """Integers in the smallest FITS integer type (BITPIX 8, 16, 32, 64) holding them."""
+    if values.dtype.kind not in "iu" or values.size == 0:
+        return values
+    low, high = int(values.min()), int(values.max())
+    for dtype in (np.uint8, np.int16, np.int32, np.int64):
+        info = np.iinfo(dtype)
+        if info.min <= low and high <= info.max:
+            return values.astype(dtype, copy=False)
+    return values  # uint64 beyond int64: astropy's BZERO encoding
 
 
 @dataclass
@@ -687,10 +943,22 @@ def _to_json(value, where: str):
 
 
 def _from_json(obj: dict):
-    if "__ndarray__" in obj:
-        array = np.array(obj["__ndarray__"], dtype=np.dtype(obj["dtype"]))
-        return array[()] if not obj["shape"] else array.reshape(obj["shape"])
-    return obj
+    """A NumPy array for an ``{"__ndarray__": …}`` object; ValueError if it is malformed."""
+    if "__ndarray__" not in obj:
+        return obj
+    try:
+        dtype, shape = np.dtype(obj["dtype"]), obj["shape"]
+        if dtype.kind not in "biufUS":  # what _to_json writes
+            raise ValueError(f"dtype {dtype.str} is not one kspec_xr writes")
+        if not isinstance(shape, list) or not all(
+            isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape
+        ):
+            raise ValueError(f"shape {shape!r} is not a list of sizes")
+        array = np.array(obj["__ndarray__"], dtype=dtype)
+        return array[()] if not shape else array.reshape(shape)
+    except (KeyError, TypeError, ValueError, OverflowError) as err:
+        detail = f"no {err}" if isinstance(err, KeyError) else str(err)
+        raise ValueError(f"a malformed array ({detail})") from None
 
 
 def encode_attrs(attrs: dict, where: str = "") -> str:
@@ -709,5 +977,19 @@ def encode_attrs(attrs: dict, where: str = "") -> str:
 
 
 def decode_attrs(text: str) -> dict:
-    """Inverse of :func:`encode_attrs`."""
-    return json.loads(text, object_hook=_from_json)
+    """Inverse of :func:`encode_attrs`.
+
+    Raises ValueError (a one-line reason) if ``text`` is not the JSON of an
+    object, as a card edited or damaged outside kspec_xr may be.
+    """
+    if not isinstance(text, str):
+        raise ValueError(f"a {type(text).__name__}, not the JSON text kspec_xr writes")
+    try:
+        value = json.loads(text, object_hook=_from_json)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+    except json.JSONDecodeError as err:  # a malformed array's ValueError passes as it is
+        raise ValueError(f"not valid JSON ({err})") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"a JSON {type(value).__name__}, not an object")
+    return value

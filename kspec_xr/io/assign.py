@@ -56,6 +56,10 @@ def read_assign(path, *, classes: Mapping[int, str] | None = None) -> xr.Dataset
         raise CatalogError(
             f"cannot read assign file {source} ({err}); give a FITS, CSV or ECSV table"
         ) from err
+    for name in list(table.colnames):  # a UTF-8 byte-order mark or blanks around a name
+        clean = name.lstrip("\ufeff").strip()
+        if clean and clean != name and clean not in table.colnames:
+            table.rename_column(name, clean)
     columns = {name.lower(): name for name in table.colnames}
     if "target_class" not in columns:
         raise CatalogError(
@@ -67,7 +71,7 @@ def read_assign(path, *, classes: Mapping[int, str] | None = None) -> xr.Dataset
     if getattr(column, "mask", None) is not None and np.any(column.mask):
         row = int(np.flatnonzero(column.mask)[0]) + 1
         raise CatalogError(f"assign file {source}, column target_class: row {row} is empty")
-    codes = np.asarray(column)
+    codes = _class_codes(np.asarray(column), source)
     unknown = sorted({int(c) for c in np.unique(codes)} - set(mapping))
     if unknown:
         raise CatalogError(
@@ -98,6 +102,31 @@ def read_assign(path, *, classes: Mapping[int, str] | None = None) -> xr.Dataset
         },
         attrs={"source": str(source)},
     )
+
+
+def _class_codes(values: np.ndarray, source) -> np.ndarray:
+    """``target_class`` as int64; a CatalogError naming the first row that holds no integer."""
+    if values.dtype.kind in "iu":
+        return values.astype(np.int64)
+    if values.dtype.kind == "f":
+        with np.errstate(invalid="ignore"):
+            bad = ~np.isfinite(values) | (values != np.round(values))
+        number = np.where(bad, 0.0, values)
+    elif values.dtype.kind in "US":
+        text = np.char.strip(values.astype(str))
+        bad = np.array([not t.lstrip("+-").isdigit() for t in text], dtype=bool)
+        number = np.where(bad, "0", text)
+    else:
+        bad = np.ones(values.shape, dtype=bool)
+        number = np.zeros(values.shape)
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise CatalogError(
+            f"assign file {source}, column target_class: data row {row + 1} has "
+            f"{str(values[row])!r}, not an integer class (a repeated header line?); give one "
+            "integer class per fiber (8 standard, 9 sky, 1/2 program, 0 unallocated)"
+        )
+    return np.asarray(number).astype(np.float64).astype(np.int64)
 
 
 def assign_fiber_types(ds: xr.Dataset, assign: xr.Dataset) -> xr.Dataset:

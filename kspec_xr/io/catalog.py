@@ -29,7 +29,9 @@ import gzip
 import io
 import os
 import re
+import stat
 import warnings
+import zlib
 from pathlib import Path
 from typing import NamedTuple
 
@@ -54,6 +56,7 @@ __all__ = [
     "REFCAT2_PHOTOMETRY",
     "COORDINATE_COLUMNS",
     "read_catalog",
+    "check_catalog",
     "catalog_bands",
 ]
 
@@ -87,6 +90,9 @@ COORDINATE_COLUMNS: tuple[tuple[str, str], ...] = (
 #: A magnitude at or above this, or an error at or above ``ERR_SENTINEL``, means "missing".
 MAG_SENTINEL = 99.0
 ERR_SENTINEL = 9.0
+#: Catalogue magnitudes outside (MAG_MIN, MAG_MAX) are missing: no star is brighter than
+#: -5 or fainter than 40 mag, and the sentinels (99, 99.99, -99, -999, -9999) are outside.
+MAG_MIN, MAG_MAX = -5.0, 40.0
 
 # Units of the RefCat2 columns that are kept as plain variables (Tonry et al.
 # 2018, Table 4); unknown extra columns get no units attribute.
@@ -123,22 +129,105 @@ _INTEGER = re.compile(r"^[+-]?\d+$")
 # --------------------------------------------------------------------------
 
 
-def _read_text(path: Path) -> str:
-    if not path.exists():
+_GZIP_MAGIC = b"\x1f\x8b"
+_BOM_UTF8 = b"\xef\xbb\xbf"
+# (byte-order mark, codec) of the Unicode encodings other than UTF-8 a table may come in;
+# UTF-32 first: its little-endian mark starts with UTF-16's.
+_BOMS = (
+    (b"\xff\xfe\x00\x00", "utf-32"),
+    (b"\x00\x00\xfe\xff", "utf-32"),
+    (b"\xff\xfe", "utf-16"),
+    (b"\xfe\xff", "utf-16"),
+)
+_UNICODE_MINUS = "\u2212".encode()
+# A line of the body the fast reader cannot take as it is: a comment, a blank line
+# (and, added per file, one that starts like the header: :func:`_irregular`).
+_IRREGULAR = rb"\n[ \t\r]*(?:#|\n)|\n[ \t\r]+\Z"
+
+
+def _file_kind(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return "a special file"
+
+
+def _check_file(path: Path) -> Path:
+    """``path``, after checking that it names a readable regular file.
+
+    A FIFO, socket or device is refused before it is opened: reading a FIFO
+    blocks until a writer comes, a device (``/dev/zero``) never ends.
+    """
+    try:
+        mode = path.stat().st_mode  # follows symbolic links, as open() does
+    except (FileNotFoundError, NotADirectoryError):
         raise CatalogError(
             f"catalogue file {str(path)!r} does not exist; pass the path of an ATLAS-RefCat2 CSV"
-        )
-    if path.is_dir():
+        ) from None
+    except OSError as exc:
+        raise CatalogError(
+            f"cannot read catalogue file {str(path)!r} ({exc.strerror or exc}); check the path "
+            "and its permissions"
+        ) from None
+    if stat.S_ISDIR(mode):
         raise CatalogError(f"catalogue path {str(path)!r} is a directory; pass the CSV file itself")
-    try:
-        raw = path.read_bytes()
-        if raw[:2] == b"\x1f\x8b":
-            raw = gzip.decompress(raw)
-    except (OSError, EOFError) as exc:
-        raise CatalogError(f"cannot read catalogue file {str(path)!r}: {exc}") from exc
+    if not stat.S_ISREG(mode):
+        raise CatalogError(
+            f"catalogue path {str(path)!r} is {_file_kind(mode)}, not a regular file; save the "
+            "catalogue to a file and pass that file's path"
+        )
+    if not os.access(path, os.R_OK):
+        raise CatalogError(
+            f"cannot read catalogue file {str(path)!r}: permission denied; check its permissions"
+        )
+    return path
+
+
+def _normalise(raw: bytes, where: str, *, partial: bool = False) -> bytes:
+    """UTF-8 bytes with ``\\n`` line ends: BOM removed, UTF-16/32 transcoded, U+2212 → '-'.
+
+    ``partial``: ``raw`` is the first part of the file (a character may be cut at its end).
+    """
+    for bom, codec in _BOMS:
+        if raw.startswith(bom):
+            try:
+                raw = raw.decode(codec, errors="replace" if partial else "strict").encode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise CatalogError(
+                    f"catalogue {where} starts with a {codec.upper()} byte-order mark but is not "
+                    f"valid {codec.upper()} ({exc.reason} at byte {exc.start}); save it as UTF-8"
+                ) from None
+            break
+    if raw.startswith(_BOM_UTF8):
+        raw = raw[len(_BOM_UTF8) :]
     if b"\x00" in raw[:65536]:
-        raise CatalogError(f"catalogue file {str(path)!r} is binary, not a CSV text file")
-    return raw.decode("utf-8", errors="replace")
+        raise CatalogError(
+            f"catalogue {where} is binary, not a CSV text file (or UTF-16/32 text without a "
+            "byte-order mark: save it as UTF-8)"
+        )
+    if b"\n" not in raw and b"\r" in raw:  # classic Mac OS line ends
+        raw = raw.replace(b"\r", b"\n")
+    if raw.find(_UNICODE_MINUS[:1]) >= 0 and _UNICODE_MINUS in raw:  # a typeset minus (−30.5)
+        raw = raw.replace(_UNICODE_MINUS, b"-")
+    return raw
+
+
+def _read_bytes(path: Path, where: str) -> bytes:
+    """The file's bytes (gunzipped), normalised (:func:`_normalise`)."""
+    _check_file(path)
+    try:
+        with open(path, "rb") as stream:
+            raw = stream.read()
+        if raw[:2] == _GZIP_MAGIC:
+            raw = gzip.decompress(raw)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise CatalogError(f"cannot read catalogue file {str(path)!r}: {exc}") from exc
+    return _normalise(raw, where)
 
 
 def _split(line: str, sep: str | None) -> list[str]:
@@ -146,63 +235,217 @@ def _split(line: str, sep: str | None) -> list[str]:
     return [f.strip().strip("'\"").strip() for f in fields]
 
 
-def _parse_table(text: str, where: str) -> pd.DataFrame:
-    """DataFrame of strings from a delimited text with a (possibly commented) header."""
-    lines = text.splitlines()
-    comments: list[str] = []
-    body: list[str] = []
-    for line in lines:
-        stripped = line.strip()
-        if not stripped:
+class _Header(NamedTuple):
+    columns: list[str]
+    sep: str | None  # "," or None (blanks)
+    start: int  # offset of the first data line
+    first_line: int  # its line number (1-based)
+
+
+def _header(raw: bytes, where: str, *, whole: bool = True) -> _Header:
+    """The header line (or a commented header) of a delimited text, and where the data start.
+
+    ``whole``: ``raw`` is the whole file (else its first part, for a header check).
+    """
+    pos, line_no, comments = 0, 0, []
+    size = len(raw)
+    while pos < size:
+        end = raw.find(b"\n", pos)
+        end = size if end < 0 else end
+        line_no += 1
+        text = raw[pos:end].decode("utf-8", errors="replace").strip()
+        if not text or text.startswith("#"):
+            if text:
+                comments.append(text.lstrip("#").strip())
+            pos = end + 1
             continue
-        if stripped.startswith("#"):
-            if not body:
-                comments.append(stripped.lstrip("#").strip())
-            continue
-        body.append(line)
-    if not body:
-        raise CatalogError(f"catalogue {where} has no rows (no header or data line)")
-    sep = "," if "," in body[0] else None
-    header = _split(body[0], sep)
-    if all(_NUMBER.match(f) or not f for f in header):
-        # Data without a header line: accept a commented header ("# RA, Dec, ...").
-        commented = _split(comments[-1], sep) if comments else []
-        if (
-            commented
-            and len(commented) == len(header)
-            and not any(_NUMBER.match(f) for f in commented)
-        ):
-            header = commented
-        else:
+        sep = "," if "," in text else None
+        header = _split(text, sep)
+        if all(_NUMBER.match(f) or not f for f in header):
+            # Data without a header line: accept a commented header ("# RA, Dec, ...").
+            commented = _split(comments[-1], sep) if comments else []
+            if (
+                commented
+                and len(commented) == len(header)
+                and not any(_NUMBER.match(f) for f in commented)
+            ):
+                return _Header(commented, sep, pos, line_no)
             raise CatalogError(
                 f"catalogue {where} has no header line (its first line is numbers); add "
                 "the RefCat2 column names as the first line, e.g. "
                 f"'{','.join(REFCAT2_COLUMNS[:6])},...'"
             )
-    else:
-        body = body[1:]
-    if not body:
-        raise CatalogError(f"catalogue {where} has a header but zero rows; it lists no star")
-    if len(set(header)) != len(header):
-        dupes = sorted({h for h in header if header.count(h) > 1})
-        raise CatalogError(f"catalogue {where} repeats column(s) {dupes}; keep one of each")
+        if end == size and not whole:
+            raise CatalogError(
+                f"catalogue {where}: its header line is longer than {size} bytes; is it a "
+                "CSV table with one row per line?"
+            )
+        if len(set(header)) != len(header):
+            dupes = sorted({h for h in header if header.count(h) > 1})
+            raise CatalogError(f"catalogue {where} repeats column(s) {dupes}; keep one of each")
+        return _Header(header, sep, end + 1, line_no + 1)
+    raise CatalogError(f"catalogue {where} has no rows (no header or data line)")
+
+
+class _Rows:
+    """How the messages name data rows: as in the file (1-based, with line numbers) or table."""
+
+    def __init__(self, first_line: int | None = None, lines: np.ndarray | None = None) -> None:
+        self.first_line, self.lines = first_line, lines
+
+    @property
+    def in_file(self) -> bool:
+        return self.first_line is not None or self.lines is not None
+
+    def line(self, rows: np.ndarray) -> np.ndarray:
+        rows = np.asarray(rows, dtype=np.int64)
+        return self.lines[rows] if self.lines is not None else rows + int(self.first_line or 0)
+
+    def __call__(self, rows, limit: int = 10) -> str:
+        """``data rows 3, 7 (lines 5, 9)`` in a file, ``rows 2, 6`` (0-based) in a table."""
+        rows = np.asarray(rows, dtype=np.int64).ravel()
+        more = ", …" if rows.size > limit else ""
+        shown = rows[:limit]
+        plural = "s" if rows.size > 1 else ""
+        if not self.in_file:
+            return f"row{plural} {', '.join(map(str, shown))}{more} (0-based)"
+        data = ", ".join(str(int(r) + 1) for r in shown)
+        lines = ", ".join(str(int(n)) for n in self.line(shown))
+        return f"data row{plural} {data}{more} (line{plural} {lines}{more})"
+
+    def summary(self, rows, limit: int = 10) -> str:
+        """``data rows 3, 7; lines 5, 9`` in a file, ``2, 6`` (0-based positions) in a table."""
+        rows = np.asarray(rows, dtype=np.int64).ravel()
+        more = ", …" if rows.size > limit else ""
+        shown = rows[:limit]
+        if not self.in_file:
+            return ", ".join(map(str, shown)) + more
+        plural = "s" if rows.size > 1 else ""
+        data = ", ".join(str(int(r) + 1) for r in shown)
+        lines = ", ".join(str(int(n)) for n in self.line(shown))
+        return f"data row{plural} {data}{more}; line{plural} {lines}{more}"
+
+
+def _is_header_line(line: bytes, head: _Header) -> bool:
+    """A data line that repeats the header (a CSV concatenated from two queries)."""
+    first = head.columns[0].encode("utf-8", errors="replace")
+    if not line.lstrip(b" \t\"'").startswith(first):
+        return False
+    fields = _split(line.decode("utf-8", errors="replace"), head.sep)
+    same = sum(f == h for f, h in zip(fields, head.columns, strict=False))
+    return same >= max(1, (len(head.columns) + 1) // 2)
+
+
+def _clean_body(raw: bytes, head: _Header) -> tuple[bytes, np.ndarray, list[int]]:
+    """The data lines without comments, blank lines and repeated headers; their line numbers."""
+    kept: list[bytes] = []
+    numbers: list[int] = []
+    headers: list[int] = []
+    for k, line in enumerate(raw[head.start :].split(b"\n")):
+        stripped = line.strip()
+        if not stripped or stripped.startswith(b"#"):
+            continue
+        if _is_header_line(stripped, head):
+            headers.append(head.first_line + k)
+            continue
+        kept.append(line)
+        numbers.append(head.first_line + k)
+    return b"\n".join(kept) + b"\n", np.asarray(numbers, dtype=np.int64), headers
+
+
+def _irregular(raw: bytes, head: _Header) -> bool:
+    """Whether the data lines hold a comment, a blank line or a repeated header (one scan)."""
+    first = re.escape(head.columns[0].encode("utf-8", errors="replace"))
+    repeat = rb"\n[ \t]*[\"']?" + first + rb"[\"']?(?:[ \t,\r\n]|\Z)"
+    pattern = re.compile(_IRREGULAR + b"|" + repeat)
+    return pattern.search(raw, max(head.start - 1, 0)) is not None
+
+
+def _parse_table(raw: bytes, where: str) -> tuple[pd.DataFrame, _Rows]:
+    """The table of a delimited text with a (possibly commented) header, and its row names.
+
+    Numbers are parsed by pandas' C reader; columns with any other text are
+    strings.  Comment and blank lines are skipped, repeated header lines
+    dropped (with a warning).
+    """
+    head = _header(raw, where)
+    headers: list[int] = []
+    skip = 0
+    if _irregular(raw, head):
+        body, numbers, headers = _clean_body(raw, head)
+        rows = _Rows(lines=numbers)
+    elif b'"' in raw[: head.start]:  # pandas' skiprows would honour quotes in the preamble
+        body, rows = raw[head.start :], _Rows(first_line=head.first_line)
+    else:  # the fast path: no copy, the C reader skips the header lines itself
+        body, rows, skip = raw, _Rows(first_line=head.first_line), head.first_line - 1
+    del raw
+    empty = CatalogError(f"catalogue {where} has a header but zero rows; it lists no star")
+
+    def read(nrows=None, dtype=None):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            warnings.simplefilter("ignore", pd.errors.DtypeWarning)
+            return pd.read_csv(
+                io.BytesIO(body),  # shares the bytes, no copy
+                sep="," if head.sep else r"\s+",
+                header=None,
+                names=head.columns,
+                skiprows=skip,
+                nrows=nrows,
+                dtype=dtype,
+                index_col=False,
+                keep_default_na=False,
+                na_values=[""],
+                skipinitialspace=True,
+                skip_blank_lines=True,
+                encoding="utf-8",
+                encoding_errors="replace",
+                engine="c",
+                low_memory=True,  # parse in chunks; a column mixing types comes back as objects
+            )
+
     try:
-        frame = pd.read_csv(
-            io.StringIO("\n".join(body)),
-            sep="," if sep else r"\s+",
-            header=None,
-            names=header,
-            dtype=str,
-            keep_default_na=False,
-            skipinitialspace=True,
-            engine="python",
-        )
-    except (pd.errors.ParserError, ValueError) as exc:
+        # Columns that are text in the first rows are read as text (pandas would turn
+        # "TRUE" into True); the others are parsed as numbers by the C reader.
+        sample = read(nrows=2000)
+        text = [
+            c
+            for c in sample.columns
+            if not pd.api.types.is_numeric_dtype(sample[c].dtype)
+            or pd.api.types.is_bool_dtype(sample[c].dtype)
+        ]
+        if len(sample) < 2000 and not text:
+            frame = sample  # the whole table
+        else:
+            frame = read(dtype=dict.fromkeys(text, str) or None)
+    except pd.errors.EmptyDataError:
+        raise empty from None
+    except (pd.errors.ParserError, pd.errors.ParserWarning, ValueError) as exc:
+        message = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        found = re.search(r"[Ll]ine (\d+)", message)
+        at = ""
+        if isinstance(exc, pd.errors.ParserWarning):  # pandas checks the first data line
+            message = "the first data line has more fields than the header"
+            at = f" at line {int(rows.line(np.array([0]))[0])}"
+        elif found:
+            k = int(found.group(1)) - 1 - skip  # pandas counts the lines it reads from 1
+            if k >= 0 and (rows.lines is None or k < rows.lines.size):
+                at = f" at line {int(rows.line(np.array([k]))[0])}"
         raise CatalogError(
-            f"catalogue {where} is not a well-formed table ({exc}); every row needs the "
-            f"{len(header)} columns of the header"
+            f"catalogue {where} is not a well-formed table{at} ({message}); every row needs "
+            f"the {len(head.columns)} columns of the header"
         ) from exc
-    return frame
+    if frame.empty:
+        raise empty
+    if headers:
+        shown = ", ".join(map(str, headers[:10])) + (", …" if len(headers) > 10 else "")
+        warnings.warn(
+            f"catalogue {where}: line(s) {shown} repeat the header line (a CSV concatenated "
+            "from two queries?); they are dropped",
+            KspecWarning,
+            stacklevel=4,
+        )
+    return frame, rows
 
 
 def _canonical_names(columns: list[str]) -> dict[str, str]:
@@ -230,22 +473,30 @@ def _canonical_names(columns: list[str]) -> dict[str, str]:
 
 
 def _text(series: pd.Series) -> pd.Series:
-    """The cells as stripped strings ('' for missing), whatever the column's dtype."""
+    """The cells as stripped strings ('' for missing), whatever the column's dtype (vectorised)."""
+    missing = series.isna().to_numpy()
     if series.dtype == object or pd.api.types.is_string_dtype(series.dtype):
-        return series.map(lambda v: "" if v is None or v is pd.NA else str(v).strip())
-    return series.map(lambda v: "" if pd.isna(v) else repr(v.item() if hasattr(v, "item") else v))
+        cells = series.astype(str).str.strip()
+    else:
+        cells = series.astype(str)
+    if missing.any():
+        cells = cells.where(~missing, "")
+    return cells
 
 
 def _to_float(series: pd.Series) -> np.ndarray:
     """Numbers; empty cells and non-numeric junk -> NaN."""
     if pd.api.types.is_numeric_dtype(series.dtype) and not pd.api.types.is_bool_dtype(series):
         return series.to_numpy(dtype=np.float64, na_value=np.nan)
-    return pd.to_numeric(_text(series), errors="coerce").to_numpy(dtype=np.float64)
+    values = pd.to_numeric(_text(series), errors="coerce")
+    return values.to_numpy(dtype=np.float64, na_value=np.nan)
 
 
 def _to_best(series: pd.Series) -> np.ndarray:
     """int64 when every cell is an integer, float when numeric (blanks -> NaN), else str."""
     if pd.api.types.is_integer_dtype(series.dtype) and not series.isna().any():
+        if series.dtype == np.uint64 and len(series) and series.max() > np.iinfo(np.int64).max:
+            return series.astype(str).to_numpy(dtype=str)
         return series.to_numpy(dtype=np.int64)
     if pd.api.types.is_float_dtype(series.dtype):
         return series.to_numpy(dtype=np.float64, na_value=np.nan)
@@ -253,8 +504,8 @@ def _to_best(series: pd.Series) -> np.ndarray:
     filled = cells[cells != ""]
     if len(filled) == len(cells) and filled.str.match(_INTEGER).all():
         try:
-            return filled.astype(np.int64).to_numpy()
-        except (OverflowError, ValueError):
+            return filled.astype(np.int64).to_numpy(dtype=np.int64)
+        except (OverflowError, ValueError, TypeError):
             pass
     if filled.str.match(_NUMBER).all():
         return _to_float(series)
@@ -357,16 +608,17 @@ def _photometry(frame: pd.DataFrame, where: str, bm: BandMap, fold: bool = True)
                 mag = 22.5 - 2.5 * np.log10(np.where(good, raw, 1.0))
         else:
             mag = raw
-            good = np.isfinite(mag) & (np.abs(mag) < MAG_SENTINEL)
+            good = np.isfinite(mag)
             if bm.zero_missing:
                 good &= mag != 0
+        good &= (mag > MAG_MIN) & (mag < MAG_MAX)  # sentinels (99, -999, …) and nonsense
         if err_col is not None:
             flux = None if flux_col is None else _to_float(frame[flux_col])
             sigma = _sigma(spec, _to_float(frame[err_col]), flux)
         else:
             sigma = np.full(n, np.nan)
         finite = np.isfinite(sigma)
-        has_err = finite & ((sigma > 0) if bm.zero_missing else (sigma >= 0))
+        has_err = finite & (sigma > 0)  # an error of 0 (or < 0) is no error: never a weight
         worthless = finite & (sigma >= ERR_SENTINEL)  # the survey's "no measurement"
         good &= ~worthless
         has_err &= ~worthless
@@ -391,7 +643,9 @@ def _photometry(frame: pd.DataFrame, where: str, bm: BandMap, fold: bool = True)
     )
 
 
-def _reddening(frame: pd.DataFrame, where: str, bm: BandMap) -> tuple[np.ndarray, np.ndarray]:
+def _reddening(
+    frame: pd.DataFrame, where: str, bm: BandMap, rows: _Rows | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Per-star E(B−V) (mag, NaN: none) and where each came from ('' : nowhere).
 
     In order, per star: the E(B−V) column (``bm.ebv_column``, else the first
@@ -441,11 +695,11 @@ def _reddening(frame: pd.DataFrame, where: str, bm: BandMap) -> tuple[np.ndarray
         take(ag / band_ratio("panstarrs-g"), "RefCat2 Ag (PS1 g)")
     if np.isfinite(agaia).any():
         take(agaia / band_ratio("gaiadr2-G"), "RefCat2 AGaia (Gaia G)")
-    rows = np.flatnonzero(high)
-    if rows.size:
-        shown = ", ".join(str(int(r)) for r in rows[:10]) + (" …" if rows.size > 10 else "")
+    above = np.flatnonzero(high)
+    if above.size:
         warnings.warn(
-            f"catalogue {where}: {rows.size} row(s) ({shown}) have an E(B-V) above {EBV_MAX} "
+            f"catalogue {where}: {above.size} row(s) ({(rows or _Rows()).summary(above)}) have "
+            f"an E(B-V) above {EBV_MAX} "
             "mag (kspec_xr._base.dust.EBV_MAX); it is not used (the next source, if any, is "
             "tried; else E(B-V) is NaN)",
             KspecWarning,
@@ -470,38 +724,65 @@ def _coordinate_columns(frame: pd.DataFrame, where: str) -> tuple[str | None, st
     return None, None
 
 
-def _sexagesimal(cells: pd.Series) -> bool:
-    filled = cells[cells != ""]
-    return bool(len(filled)) and bool(filled.str.contains(r"[:hdms ]|\d\s+\d", regex=True).any())
+# Sexagesimal angles: "12:34:56.7", "12 34 56.7", "12h34m56.7s", "-30d12m34s", "-30:12" …
+_SEXAGESIMAL = re.compile(
+    r"^([+-]?)\s*(\d+(?:\.\d*)?)\s*(?:[:hHdD\u00b0]\s*|\s+)(\d+(?:\.\d*)?)\s*"
+    r"(?:[:mM'\u2032]\s*|\s+)?(?:(\d+(?:\.\d*)?)\s*[sS\"\u2033]?)?$"
+)
 
 
 def _angles(frame: pd.DataFrame, column: str, *, hours: bool) -> np.ndarray:
-    """Degrees from a column of degrees or of sexagesimal strings (NaN where unreadable)."""
-    if pd.api.types.is_numeric_dtype(frame[column].dtype):
-        return _to_float(frame[column])
-    cells = _text(frame[column])
-    if not _sexagesimal(cells):
-        return _to_float(frame[column])
-    from astropy import units as u
-    from astropy.coordinates import Angle
+    """Degrees from a column of degrees and/or sexagesimal strings (NaN where unreadable).
 
-    out = np.full(len(cells), np.nan)
-    for k, cell in enumerate(cells):
-        if not cell:
-            continue
-        try:
-            out[k] = Angle(cell, unit=u.hourangle if hours else u.deg).to_value(u.deg)
-        except (ValueError, TypeError):
-            pass
+    Each cell on its own: a plain number is degrees, a sexagesimal string is
+    hours (RA) or degrees (Dec); one unreadable cell does not change how the
+    others are read.
+    """
+    series = frame[column]
+    if pd.api.types.is_numeric_dtype(series.dtype) and not pd.api.types.is_bool_dtype(series):
+        return _to_float(series)
+    cells = _text(series)
+    out = np.array(pd.to_numeric(cells, errors="coerce"), dtype=np.float64)  # a writable copy
+    todo = np.isnan(out) & (cells != "").to_numpy()
+    if not todo.any():
+        return out
+    rest = cells[todo]
+    parts = rest.str.extract(_SEXAGESIMAL)
+    whole, minutes = (pd.to_numeric(parts[k], errors="coerce").to_numpy(float) for k in (1, 2))
+    seconds = pd.to_numeric(parts[3], errors="coerce").fillna(0.0).to_numpy(float)
+    sign = np.where(parts[0].to_numpy(dtype=object) == "-", -1.0, 1.0)
+    ok = np.isfinite(whole) & np.isfinite(minutes) & (minutes < 60) & (seconds < 60)
+    with np.errstate(invalid="ignore"):
+        value = sign * (whole + minutes / 60.0 + seconds / 3600.0) * (15.0 if hours else 1.0)
+    value = np.where(ok, value, np.nan)
+    # other forms astropy knows ("12.5h", "30.5d"): cell by cell, only those left
+    left = ~ok & rest.str.contains(r"\d", regex=True).to_numpy(dtype=bool)
+    if left.any():
+        from astropy import units as u
+        from astropy.coordinates import Angle
+
+        unit = u.hourangle if hours else u.deg
+        for k in np.flatnonzero(left):
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    value[k] = Angle(str(rest.iloc[k]), unit=unit).to_value(u.deg)
+            except (ValueError, TypeError, u.UnitsError):
+                pass
+    out[todo] = value
     return out
 
 
-def _positions(frame: pd.DataFrame, where: str) -> tuple[np.ndarray, np.ndarray] | None:
+def _positions(
+    frame: pd.DataFrame, where: str, rows: _Rows | None = None
+) -> tuple[np.ndarray, np.ndarray] | None:
     """RA and Dec in degrees, or None without coordinate columns.
 
     Out-of-range values are an error; rows with a blank or unreadable cell get
-    NaN (they cannot be matched by position) and a warning names them.
+    NaN (they cannot be matched by position) and one warning names them, with
+    the column of each.
     """
+    rows = rows or _Rows()
     ra_col, dec_col = _coordinate_columns(frame, where)
     if ra_col is None or dec_col is None:
         return None
@@ -511,29 +792,39 @@ def _positions(frame: pd.DataFrame, where: str) -> tuple[np.ndarray, np.ndarray]
         outside = np.flatnonzero(np.isfinite(values) & ((values < lo) | (values > hi)))
         if outside.size:
             row = int(outside[0])
+            more = f" (and {outside.size - 1} more)" if outside.size > 1 else ""
             raise CatalogError(
-                f"catalogue {where}: column {column!r} has {float(values[row])!r} in data row "
-                f"{row} (and {outside.size - 1} more) outside [{lo:g}, {hi:g}]; it must be in "
-                "degrees (or sexagesimal, RA in hours)"
+                f"catalogue {where}: column {column!r} has {float(values[row])!r} in "
+                f"{rows(outside[:1])}{more} outside [{lo:g}, {hi:g}]; it must be in degrees "
+                "(or sexagesimal, RA in hours)"
             )
-    bad = np.flatnonzero(~(np.isfinite(ra) & np.isfinite(dec)))
+    bad_ra, bad_dec = ~np.isfinite(ra), ~np.isfinite(dec)
+    bad = np.flatnonzero(bad_ra | bad_dec)
     if bad.size:
-        shown = ", ".join(str(int(r)) for r in bad[:10]) + (" …" if bad.size > 10 else "")
+        if np.array_equal(bad_ra, bad_dec):
+            detail = f"{ra_col!r} and {dec_col!r} in {rows(bad)}"
+        else:
+            detail = "; ".join(
+                f"{column!r} in {rows(np.flatnonzero(mask))}"
+                for column, mask in ((ra_col, bad_ra), (dec_col, bad_dec))
+                if mask.any()
+            )
         warnings.warn(
-            f"catalogue {where}: {bad.size} row(s) ({shown}) have a blank or unreadable "
-            f"{ra_col}/{dec_col}; they cannot be matched by position and are left out",
+            f"catalogue {where}: {bad.size} row(s) ({rows.summary(bad)}) have a blank or "
+            f"unreadable position ({detail}); they cannot be matched by position and are left "
+            "out (the other stars are unaffected)",
             KspecWarning,
             stacklevel=3,
         )
     return ra, dec
 
 
-def _frame_of(source) -> tuple[pd.DataFrame, str, str]:
-    """(table, name for messages, source attribute) of a path, DataFrame or astropy Table."""
+def _frame_of(source) -> tuple[pd.DataFrame, str, str, _Rows]:
+    """(table, name for messages, source attribute, row names) of a path, DataFrame or Table."""
     if isinstance(source, pd.DataFrame):
         frame = source.reset_index(drop=True)
         frame.columns = [str(c).strip() for c in frame.columns]
-        return frame, "(DataFrame)", "pandas.DataFrame"
+        return frame, "(DataFrame)", "pandas.DataFrame", _Rows()
     table_type = type(source).__module__.startswith("astropy.table")
     if table_type and hasattr(source, "to_pandas"):
         multi = [n for n in source.colnames if len(source[n].shape) > 1]
@@ -544,7 +835,7 @@ def _frame_of(source) -> tuple[pd.DataFrame, str, str]:
             )
         frame = source.to_pandas(index=False)
         frame.columns = [str(c).strip() for c in frame.columns]
-        return frame, "(astropy Table)", "astropy.table.Table"
+        return frame, "(astropy Table)", "astropy.table.Table", _Rows()
     if not isinstance(source, str | os.PathLike):
         raise TypeError(
             "catalog must be a path, a pandas DataFrame, an astropy Table or the Dataset of "
@@ -552,7 +843,8 @@ def _frame_of(source) -> tuple[pd.DataFrame, str, str]:
         )
     file = Path(source)
     where = f"file {str(file)!r}"
-    return _parse_table(_read_text(file), where), where, str(file)
+    frame, rows = _parse_table(_read_bytes(file, where), where)
+    return frame, where, str(file), rows
 
 
 # --------------------------------------------------------------------------
@@ -577,8 +869,13 @@ def read_catalog(
         column names -- any subset of :data:`REFCAT2_COLUMNS`, in any order,
         plus any extra columns -- or a table with such columns (with
         ``bands``: the columns the band map names).  Lines
-        starting with ``#`` are comments; a commented header (``# RA,Dec,...``)
-        is accepted.  Column names are stripped of blanks and matched
+        starting with ``#`` are comments, blank lines are skipped, a line
+        repeating the header (two query results concatenated) is dropped with
+        a warning; a commented header (``# RA,Dec,...``) is accepted.  UTF-8
+        (a byte-order mark is ignored; other bytes become U+FFFD), or UTF-16/32
+        with a byte-order mark; LF, CRLF or CR line ends; a typeset minus
+        (U+2212) reads as ``-``.  Only a regular file is opened (a FIFO or
+        device is refused).  Column names are stripped of blanks and matched
         case-insensitively when unambiguous.  Whitespace-separated tables
         work too.  Positions may come under any name of
         :data:`COORDINATE_COLUMNS` (``RA``/``Dec``, ``RAJ2000``/``DEJ2000``,
@@ -608,10 +905,12 @@ def read_catalog(
         Dims ``star`` (0..n-1, the file's row order) and ``band``.
 
         * ``mag``, ``mag_err`` (star, band): AB magnitudes and 1σ errors
-          (``units='mag'``, ``system='AB'``).  Sentinels (\\|mag\\| ≥ 99, error ≥ 9,
-          negative error; outside RefCat2 also mag = 0 and error = 0), empty
-          cells and non-numeric junk give NaN in both -- except a missing
-          error with a band map's default error, which gives that error.
+          (``units='mag'``, ``system='AB'``).  Magnitudes outside −5 < m < 40
+          (the 99, 99.99, −99, −999, −9999 sentinels), exactly 0, blank or
+          non-numeric, and errors ≥ 9, give NaN in both; an error that is
+          blank, 0 or negative is missing -- the magnitude gets the band
+          map's default error (flagged in ``mag_err_default``), or, without
+          one (RefCat2 unless ``default_error`` is given), is left out.
         * ``mag_err_default`` (star, band, bool): ``mag_err`` is the default
           error (``mag_err.attrs['default_error']``), not the catalogue's.
         * ``ebv`` (star, mag) and ``ebv_source`` (star, str): E(B−V) from
@@ -628,8 +927,10 @@ def read_catalog(
           ``ab_offset`` (m_AB − m_catalogue added, mag) along ``band``.
         * ``ra``, ``dec`` (star) coordinates in degrees, when the table has
           positions (NaN for a row whose cell is blank or unreadable: it is
-          left out of position matching, with a warning); ``objid`` (star) coordinate when it has ``objid``
-          (int64, or str if not all integers).
+          left out of position matching, with one warning naming the data
+          rows, line numbers and column; the other rows are read as they
+          are); ``objid`` (star) coordinate when it has ``objid`` (int64, or
+          str -- the text as written -- if not all integers).
         * every other column as a ``star`` variable under its own name
           (``Teff``, ``Ag``, ``AGaia``, ``plx``, ``dstDegrees``, …; int64 when
           all integers, float with NaN for blanks when numeric, else str),
@@ -639,10 +940,12 @@ def read_catalog(
     Raises
     ------
     CatalogError
-        Missing, unreadable or binary file; no header line; zero rows; no
+        Missing, unreadable or binary file, a directory, FIFO or device; no
+        header line; zero rows; no
         photometric column at all; a magnitude column without its error column
         (RefCat2: no default error is assumed); only one of RA/Dec; RA or Dec outside
-        the range of degrees; malformed rows; a band map naming an unknown
+        the range of degrees; malformed rows (the message gives the line); a
+        band map naming an unknown
         band (the message lists the known ones), a band twice or a column
         the catalogue lacks (the message lists the columns found); an unknown
         preset, or one speclite has no curves for (``skymapper``).  The
@@ -654,7 +957,9 @@ def read_catalog(
     -----
     KspecWarning
         Rows whose RA or Dec is blank or unreadable, rows whose E(B−V) is
-        above EBV_MAX (named in the message).
+        above EBV_MAX, lines repeating the header (one warning each, naming
+        the rows: data rows counted from 1 after the header, and the file's
+        line numbers; for a DataFrame or Table, 0-based positions).
 
     Notes
     -----
@@ -675,7 +980,7 @@ def read_catalog(
     >>> mine = read_catalog("stars.csv", bands={"g": "decam2014-g", "r": ("decam2014-r", "AB", "err_r")})  # doctest: +SKIP
     """
     layouts, map_name = resolve_bands(bands)
-    frame, where, origin = _frame_of(source)
+    frame, where, origin, rows = _frame_of(source)
     refcat2 = layouts == PRESETS["refcat2"].layouts
     if refcat2:
         frame = frame.rename(columns=_canonical_names(list(frame.columns)))
@@ -691,9 +996,9 @@ def read_catalog(
     phot = _photometry(frame, where, bm, fold=not refcat2)
     if not phot.bands:  # pragma: no cover - _choose_layout found a magnitude column
         raise _no_photometry(frame, columns, layouts, map_name, where, refcat2)
-    ebv, ebv_source = _reddening(frame, where, bm)
+    ebv, ebv_source = _reddening(frame, where, bm, rows)
     ra_col, dec_col = _coordinate_columns(frame, where)
-    positions = _positions(frame, where)
+    positions = _positions(frame, where, rows)
 
     n = len(frame)
     coords: dict[str, object] = {
@@ -773,6 +1078,103 @@ def read_catalog(
             "mag_system": "AB",
         },
     )
+
+
+#: How much of a catalogue :func:`check_catalog` reads: its header must end within it.
+_HEAD_BYTES = 1 << 20
+
+
+def _read_head(path: Path, where: str) -> tuple[bytes, bool]:
+    """The first ``_HEAD_BYTES`` of the (gunzipped) file, normalised; and whether that is all."""
+    try:
+        with open(path, "rb") as stream:
+            raw = stream.read(_HEAD_BYTES)
+            if raw[:2] == _GZIP_MAGIC:
+                stream.seek(0)
+                with gzip.GzipFile(fileobj=stream) as unzipped:
+                    raw = unzipped.read(_HEAD_BYTES)
+                    complete = not unzipped.read(1)
+            else:
+                complete = not stream.read(1)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise CatalogError(f"cannot read catalogue file {str(path)!r}: {exc}") from exc
+    return _normalise(raw, where, partial=not complete), complete
+
+
+def check_catalog(path, /, *, bands=None, match: str = "position") -> Path:
+    """Check, cheaply and before any work, that a catalogue file can be used.
+
+    Reads only the header (the first MiB): the file exists, is a regular
+    readable file (a FIFO or device is refused, never opened), is text with a
+    header line and at least one data line, and has the columns the band map
+    needs -- a magnitude column of one of its layouts (a user's map: every
+    column it names), the error columns RefCat2 requires, the ``ebv_column``
+    named, and (``match="position"``) a recognised RA/Dec pair.  Rows are
+    not read: a bad cell is found (and dropped with a warning) by
+    :func:`read_catalog`.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The catalogue file (CSV, optionally gzip-compressed).
+    bands : None, str, mapping, os.PathLike or BandMap
+        Its band map, as for :func:`read_catalog`.
+    match : {"position", "order"}
+        How it will be matched: ``"position"`` needs RA/Dec columns.
+
+    Returns
+    -------
+    pathlib.Path
+        ``path``, checked.
+
+    Raises
+    ------
+    CatalogError
+        What :func:`read_catalog` would raise for the file's header, with the
+        same message (missing file, directory, FIFO/device, unreadable, binary,
+        no header, no rows, no photometric column, a missing error column, an
+        unknown band map, …), or no coordinate columns for ``match="position"``.
+    TypeError
+        ``path`` is not a str or os.PathLike.
+
+    Examples
+    --------
+    >>> check_catalog("stars.csv")                       # doctest: +SKIP
+    >>> check_catalog("des.csv", bands="des")            # doctest: +SKIP
+    """
+    if not isinstance(path, str | os.PathLike):
+        raise TypeError(
+            f"check_catalog needs a path (str or os.PathLike), not {type(path).__name__}"
+        )
+    if match not in ("position", "order"):
+        raise ValueError(f"match must be 'position' or 'order', not {match!r}")
+    layouts, map_name = resolve_bands(bands)
+    file = Path(path)
+    where = f"file {str(file)!r}"
+    _check_file(file)
+    raw, complete = _read_head(file, where)
+    head = _header(raw, where, whole=complete)
+    if complete and not re.compile(rb"\n[ \t\r]*[^\s#]").search(raw, max(head.start - 1, 0)):
+        raise CatalogError(f"catalogue {where} has a header but zero rows; it lists no star")
+    frame = pd.DataFrame({c: pd.Series([], dtype=object) for c in head.columns})
+    refcat2 = layouts == PRESETS["refcat2"].layouts
+    if refcat2:
+        frame = frame.rename(columns=_canonical_names(list(frame.columns)))
+    columns = [str(c) for c in frame.columns]
+    bm = _choose_layout(columns, layouts, where, fold=not refcat2)
+    if bm is None:
+        raise _no_photometry(frame, columns, layouts, map_name, where, refcat2)
+    _photometry(frame, where, bm, fold=not refcat2)  # a magnitude column without its error
+    _reddening(frame, where, bm)  # an ebv_column the file lacks
+    ra_col, _ = _coordinate_columns(frame, where)  # only one of RA/Dec
+    if match == "position" and ra_col is None:
+        raise CatalogError(
+            f"catalogue {where} has no coordinate columns (recognised: "
+            f"{', '.join('/'.join(pair) for pair in COORDINATE_COLUMNS)}; found: "
+            f"{_found(columns)}); add them, or match by row order (match='order', CLI "
+            "--match order) with one row per standard"
+        )
+    return file
 
 
 def _no_photometry(frame, columns, layouts, map_name, where, refcat2) -> CatalogError:

@@ -34,19 +34,26 @@ HDUs and ``KXDIM``/``KXCOLn`` tables, ``KXATTRS``) are restored as they were.
 
 from __future__ import annotations
 
+import bz2
+import gzip
+import lzma
+import math
 import os
 import re
 import warnings
-from collections.abc import Mapping
+import zlib
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import dask.array as da
 import numpy as np
 import xarray as xr
 from astropy.io import fits
+from astropy.io.fits.verify import VerifyError
 
 from .._base import maskbits
-from .._base.errors import RedFileError
+from .._base.errors import KspecWarning, RedFileError
 from .._base.provenance import header_to_string
 from .._base.schema import (
     COLUMN_ATTR,
@@ -87,6 +94,7 @@ from ._fits import (
     _wcs_medium,
     _wcs_wavelength,
     decode_attrs,
+    physical_values,
 )
 
 __all__ = ["open_red"]
@@ -131,6 +139,7 @@ class _Reader:
         self.coords: dict[str, xr.Variable] = {}
         self.data_vars: dict[str, xr.Variable] = {}
         self.extra_masks: list = []
+        self.notes: list[str] = []  # warnings for open_red's caller
 
     # -- errors and raw access ---------------------------------------------------
 
@@ -169,6 +178,11 @@ class _Reader:
             raise self.error("ASCII tables are not supported; convert it to a binary table", key)
         out = []
         for number, column in enumerate(hdu.columns):
+            if not isinstance(column.name, str) or not column.name.strip():
+                raise self.error(
+                    f"column {number + 1} has no name (TTYPE{number + 1}); name every column",
+                    key,
+                )
             if re.match(r"^\s*\d*[PQ]", str(column.format)):
                 raise self.error(
                     f"column {column.name} holds variable-length arrays, which kspec_xr "
@@ -181,12 +195,31 @@ class _Reader:
                 raise self.error(f"cannot read column {column.name} ({err})", key) from err
             if values is None:
                 values = np.zeros((0,), np.float64)
-            elif values.dtype.kind in "US":
-                values = _tight_strings(np.char.rstrip(np.asarray(values).astype(str)))
+            elif values.dtype.kind == "S":
+                values = _tight_strings(np.char.rstrip(self.ascii(np.asarray(values), key, column)))
+            elif values.dtype.kind == "U":
+                values = _tight_strings(np.char.rstrip(np.asarray(values)))
             else:
                 values = _native(np.array(values))
             out.append((column.name, values, column.unit))
         return out
+
+    def ascii(self, values: np.ndarray, key: str, column) -> np.ndarray:
+        """Text of a string column; bytes beyond ASCII (not FITS) become '?', with a warning."""
+        values = np.ascontiguousarray(values)
+        codes = values.view(np.uint8).reshape(values.shape + (values.dtype.itemsize,))
+        bad = np.flatnonzero((codes > 127).reshape(len(values), -1).any(axis=1))
+        if not bad.size:
+            return values.astype(str)
+        text = np.char.replace(np.char.decode(values, "ascii", errors="replace"), "\ufffd", "?")
+        rows = "fibres" if key == _FIBRES else "rows"
+        listed = ", ".join(str(n) for n in bad[:5] + 1) + (", ..." if bad.size > 5 else "")
+        self.notes.append(
+            f"RED file {self.path}, HDU {key}, column {column.name}: {rows} {listed} hold "
+            "bytes that are not ASCII (FITS strings are ASCII); they are read (and would be "
+            "written) as '?'"
+        )
+        return text
 
     # -- the parts of the file ------------------------------------------------------
 
@@ -313,6 +346,7 @@ class _Reader:
                     _WAVELA,
                 )
             wave = self.image(index, ("fiber", "wavelength"), transpose=self.transpose, lazy=False)
+            self.check_grid(wave)
             attrs = {"units": "Angstrom", "long_name": "wavelength", HDU_ATTR: _WAVELA}
             attrs[HEADER_ATTR] = header_to_string(header)
             attrs.update(medium)
@@ -337,7 +371,9 @@ class _Reader:
             self.coords["wavelength"] = xr.Variable(("fiber", "pixel"), wave, attrs)
             return
         axis = 2 if self.transpose else 1
-        wave = _wcs_wavelength(self.header, self.npix, axis)
+        wave = _wcs_wavelength(
+            self.header, self.npix, axis, where=f"RED file {self.path}, HDU PRIMARY"
+        )
         if wave is None:
             raise self.error(
                 f"no wavelength information: no WAVELA HDU and no CRVAL{axis}/CDELT{axis} "
@@ -350,11 +386,41 @@ class _Reader:
             "wavelength", wave, {"units": "Angstrom", "long_name": "wavelength", **medium}
         )
 
+    def check_grid(self, wave: np.ndarray) -> None:
+        """WAVELA must hold positive, finite wavelengths that rise along every fibre."""
+        if wave.dtype.kind not in "iuf":
+            raise self.error(f"holds {wave.dtype} values, not wavelengths in Å", _WAVELA)
+        grid = wave.astype(np.float64)
+        with np.errstate(invalid="ignore"):
+            bad = ~(np.isfinite(grid) & (grid > 0))
+            falls = ~(np.diff(grid, axis=1) > 0)
+        for broken, problem in ((bad, "is not a positive, finite wavelength"), (falls, "")):
+            if not broken.any():
+                continue
+            fibers = np.flatnonzero(broken.any(axis=1))
+            fiber, pixel = int(fibers[0]), int(np.flatnonzero(broken[fibers[0]])[0])
+            more = f" (and {fibers.size - 1} more fibres)" if fibers.size > 1 else ""
+            if problem:
+                what = f"pixel {pixel + 1}: {grid[fiber, pixel]!r} {problem}"
+            else:
+                a, b = grid[fiber, pixel], grid[fiber, pixel + 1]
+                what = (
+                    f"the wavelengths do not increase from pixel {pixel + 1} to {pixel + 2} "
+                    f"({a:.6g} to {b:.6g} Å)"
+                )
+            raise self.error(
+                f"fibre {fiber + 1}{more}, {what}; WAVELA must give increasing wavelengths "
+                "(Å) along every fibre: repair the wavelength solution (re-run the arc "
+                "calibration) or replace the image",
+                _WAVELA,
+            )
+
     def spectra(self, variance_index: int | None):
         dims = ("fiber", self.spectral)
         units = str(self.header.get("BUNIT", _DEFAULT_FLUX_UNITS)).strip() or _DEFAULT_FLUX_UNITS
         flux = self.image(0, dims, transpose=self.transpose, name="flux")
-        self.data_vars["flux"] = xr.Variable(dims, flux, {"units": units, "long_name": "flux"})
+        flux, flux_units = physical_values(flux, units)  # '10**-17 erg/…' -> erg/…
+        self.data_vars["flux"] = xr.Variable(dims, flux, {"units": flux_units, "long_name": "flux"})
         if variance_index is None:
             raise self.error(
                 "no VARIANCE HDU; kspec_xr needs the variance 2dfdr writes with every "
@@ -370,6 +436,7 @@ class _Reader:
         variance = self.image(variance_index, dims, transpose=self.transpose, name="variance")
         header = self.headers[variance_index]
         var_units = str(header.get("BUNIT", "")).strip() or _squared_units(units)
+        variance, var_units = physical_values(variance, var_units)
         self.data_vars["variance"] = xr.Variable(
             dims,
             variance,
@@ -429,18 +496,59 @@ class _Reader:
     def product(self, index: int):
         header = self.headers[index]
         key = _extname(header) or f"#{index}"
+        card = _VAR_CARD if _VAR_CARD in header else _DIM_CARD
+        value = header[card]
+        if not isinstance(value, str) or (card == _VAR_CARD and not value.strip()):
+            raise self.error(
+                f"card {card} = {value!r} is not the variable or dimension name kspec_xr's "
+                f"writer puts there; {_KX_ADVICE}",
+                key,
+            )
+        if (card == _DIM_CARD) != _is_table(header):
+            kind = "table" if _is_table(header) else "image"
+            raise self.error(f"card {card} on an {kind} HDU; {_KX_ADVICE}", key)
         try:
-            if _VAR_CARD in header:
-                self.product_image(index, header)
+            if card == _VAR_CARD:
+                self.product_image(index, header, key)
             else:
                 self.product_table(index, key)
-        except (ValueError, KeyError, TypeError) as err:
+        except (ValueError, KeyError, TypeError, IndexError) as err:
             if isinstance(err, RedFileError):
                 raise
-            raise self.error(f"cannot decode the kspec_xr product ({err})", key) from err
+            raise self.error(
+                f"cannot decode the kspec_xr product ({type(err).__name__}: {err}); {_KX_ADVICE}",
+                key,
+            ) from err
 
-    def product_image(self, index: int, header: fits.Header):
-        meta = decode_attrs(header[_META_CARD])
+    def kx_meta(self, header: fits.Header, card: str, key: str, *, named=False) -> dict:
+        """The JSON of a ``KXMETA``/``KXCOLn`` card, checked to hold what the writer wrote."""
+        if card not in header:
+            raise self.error(
+                f"no {card} card (the writer gives every product one); {_KX_ADVICE}", key
+            )
+        try:
+            meta = decode_attrs(header[card])
+        except ValueError as err:
+            raise self.error(f"card {card} cannot be decoded: {err}; {_KX_ADVICE}", key) from None
+        checks = {
+            "dims": lambda v: isinstance(v, list) and all(isinstance(d, str) for d in v),
+            "coord": lambda v: isinstance(v, bool),
+            "dtype": lambda v: isinstance(v, str) and _is_dtype(v),
+            "attrs": lambda v: isinstance(v, dict),
+        }
+        if named:
+            checks["name"] = lambda v: isinstance(v, str) and bool(v.strip())
+        for field, ok in checks.items():
+            if field not in meta or not ok(meta[field]):
+                got = f"{meta[field]!r}" if field in meta else "nothing"
+                raise self.error(
+                    f"card {card} has {got} for {field!r}, not what kspec_xr writes; {_KX_ADVICE}",
+                    key,
+                )
+        return meta
+
+    def product_image(self, index: int, header: fits.Header, key: str):
+        meta = self.kx_meta(header, _META_CARD, key)
         dims = tuple(meta["dims"])
         data = self.image(index, dims, name=header[_VAR_CARD])
         if np.dtype(data.dtype) != np.dtype(meta["dtype"]):
@@ -459,7 +567,7 @@ class _Reader:
         row_dim = header[_DIM_CARD]
         nrows = header.get("NAXIS2", 0)
         for number, (_, values, unit) in enumerate(self.columns(index, key), start=1):
-            meta = decode_attrs(header[f"{_COL_CARD}{number}"])
+            meta = self.kx_meta(header, f"{_COL_CARD}{number}", key, named=True)
             dims = tuple(meta["dims"])
             stored_dims = ([row_dim] if row_dim else []) + [d for d in dims if d != row_dim]
             if values.ndim != len(stored_dims) + (0 if row_dim else 1):
@@ -492,7 +600,7 @@ class _Reader:
             self.product(index)
         self.data_vars["mask"] = self.mask()
         header = self.header
-        extra_attrs = decode_attrs(header[_ATTRS_CARD]) if _ATTRS_CARD in header else {}
+        extra_attrs = self.extra_attrs()
         if _ATTRS_CARD in header:
             del header[_ATTRS_CARD]
         attrs = {HEADER_ATTR: header_to_string(header), ORDER_ATTR: "\n".join(order)}
@@ -506,12 +614,50 @@ class _Reader:
             ds = _chunk_fiber_vars(ds, self.fiber_chunks)
         return ds
 
+    def extra_attrs(self) -> dict[str, dict]:
+        """``KXATTRS``: attributes by variable name ('' for the Dataset's), or {}."""
+        if _ATTRS_CARD not in self.header:
+            return {}
+        try:
+            attrs = decode_attrs(self.header[_ATTRS_CARD])
+        except ValueError as err:
+            raise self.error(
+                f"card {_ATTRS_CARD} cannot be decoded: {err}; {_ATTRS_ADVICE}", "PRIMARY"
+            ) from None
+        for name, value in attrs.items():
+            if not isinstance(value, dict):
+                raise self.error(
+                    f"card {_ATTRS_CARD} gives {value!r} for {name or 'the Dataset'}, not a set "
+                    f"of attributes; {_ATTRS_ADVICE}",
+                    "PRIMARY",
+                )
+        return attrs
+
     def mask(self) -> xr.Variable:
         flux, variance = self.data_vars["flux"], self.data_vars["variance"]
         mask = maskbits.data_mask(flux.data, variance.data)
         for extra in self.extra_masks:
             mask = mask | extra.transpose(*flux.dims).data.astype(maskbits.MASK_DTYPE)
         return xr.Variable(flux.dims, mask, maskbits.flag_attrs())
+
+
+#: what to do about a damaged ``KX*`` card (written by kspec_xr, read only by it)
+_KX_ADVICE = (
+    "kspec_xr's writer made it and it was damaged or edited since: write the file again "
+    "from its Dataset, or delete the HDU to read the rest"
+)
+
+_ATTRS_ADVICE = _KX_ADVICE.replace(
+    "delete the HDU", "delete the card (the attributes it held are lost)"
+)
+
+
+def _is_dtype(text: str) -> bool:
+    try:
+        np.dtype(text)
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 def _chunk_fiber_vars(ds: xr.Dataset, fiber_chunks) -> xr.Dataset:
@@ -554,7 +700,8 @@ def open_red(path, *, chunks=None, require_common_grid: bool = False) -> xr.Data
     Parameters
     ----------
     path : str or os.PathLike
-        The RED file.
+        The RED file: FITS, or FITS compressed with gzip, bzip2 or xz
+        (``.fits.gz`` …; recognised by its first bytes, not its name).
     chunks : int, 'auto', -1 or mapping, optional
         Fibers per dask chunk (``{"fiber": n}`` or ``n``).  The spectral axis
         is always one chunk.  None (default) reads everything into memory;
@@ -582,12 +729,27 @@ def open_red(path, *, chunks=None, require_common_grid: bool = False) -> xr.Data
     Raises
     ------
     RedFileError
-        If the file is missing or unreadable, or not laid out as a RED file
-        (no FIBRES, VARIANCE of another shape, FIBRES rows ≠ fibers, no TYPE
-        column, no wavelength information, differing grids when a common one
-        is required).  The message names the file and the HDU or column.
+        If the file is missing, not a regular file (a FIFO, a device), or
+        unreadable; truncated or corrupt (checked on every header before any
+        data are read: cards that do not parse, a keyword repeated with another
+        value, bad ``BITPIX``/``NAXISn``, data declared beyond the end of the
+        file or of its decompressed stream, a compressed file that unpacks to
+        more than 1000 times its size); or not laid out as a RED file (no
+        FIBRES, VARIANCE of another shape, FIBRES rows ≠ fibers, no TYPE
+        column, no wavelength information, WAVELA values that are not finite,
+        positive and increasing along every fiber, WCS cards that are not —
+        ``CDELTn <= 0``, a ``CUNITn`` that is not a length —, differing grids
+        when a common one is required, damaged ``KX*`` cards).  The message is
+        one line naming the file and the HDU, card, column or fiber.
     TypeError, ValueError
         For a ``path`` or ``chunks`` of the wrong type or value.
+
+    Warns
+    -----
+    KspecWarning
+        A FIBRES (or other table) string holds bytes beyond ASCII, which FITS
+        does not allow; they are read as '?' (the message names the column and
+        the fibers).
 
     Notes
     -----
@@ -605,44 +767,232 @@ def open_red(path, *, chunks=None, require_common_grid: bool = False) -> xr.Data
     source = _input_file(path, RedFileError, "RED file")
     fiber_chunks = _fiber_chunks(chunks)
     with _open_fits(source) as hdul:
-        ds = _Reader(hdul, source, fiber_chunks, require_common_grid).dataset()
-        ds.encoding["source"] = str(source)  # as xr.open_dataset does; used in messages
-        return ds
+        reader = _Reader(hdul, source, fiber_chunks, require_common_grid)
+        ds = reader.dataset()
+    for note in reader.notes:
+        warnings.warn(note, KspecWarning, stacklevel=2)
+    ds.encoding["source"] = str(source)  # as xr.open_dataset does; used in messages
+    return ds
+
+
+#: compressed RED files read through astropy, by their first bytes
+_COMPRESSION: dict[bytes, tuple[str, Callable[..., Any]]] = {
+    b"\x1f\x8b": ("gzip", gzip.open),
+    b"BZh": ("bzip2", bz2.open),
+    b"\xfd7zXZ\x00": ("xz", lzma.open),
+}
+_UNSUPPORTED = {b"PK\x03\x04": "zip", b"\x1f\x9d": "Unix compress (.Z)"}
+#: a compressed file may unpack to at most this many times its size (deflate's limit
+#: is ~1030; RED data, noisy floats, compress about 1.5 times)
+_MAX_INFLATION = 1000
+_BITPIX = (8, 16, 32, 64, -32, -64)
+#: keywords that may repeat
+_COMMENTARY = {"", "COMMENT", "HISTORY", "CONTINUE"}
+_SHOWN_PROBLEMS = 3
+
+
+def _stream_size(source: Path) -> int:
+    """Bytes of the FITS stream in ``source``: its size, or its decompressed size.
+
+    A compressed file is decompressed once, in pieces, and refused as soon as it
+    unpacks to more than ``_MAX_INFLATION`` times its size, so that neither
+    this nor astropy's reading afterwards can run away on a decompression bomb.
+    """
+    size = source.stat().st_size
+    try:
+        with open(source, "rb") as file:
+            magic = file.read(6)
+    except OSError as err:
+        raise RedFileError(
+            f"cannot read RED file {source} ({err.strerror or err}); check it and its permissions"
+        ) from None
+    for prefix, kind in _UNSUPPORTED.items():
+        if magic.startswith(prefix):
+            raise RedFileError(
+                f"RED file {source} is {kind}-compressed, which kspec_xr does not read; "
+                "decompress it (gzip, bzip2 and xz files are read as they are)"
+            )
+    found = [value for prefix, value in _COMPRESSION.items() if magic.startswith(prefix)]
+    if not found:
+        return size
+    (kind, opener), limit, total = found[0], _MAX_INFLATION * size, 0
+    try:
+        with opener(source, "rb") as stream:
+            while chunk := stream.read(1 << 20):
+                total += len(chunk)
+                if total > limit:
+                    raise RedFileError(
+                        f"RED file {source} ({kind}, {size} bytes) unpacks to more than "
+                        f"{_MAX_INFLATION} times its size, which no RED file does; decompress "
+                        "it yourself and check what it holds"
+                    )
+    except (OSError, EOFError, lzma.LZMAError, zlib.error) as err:
+        raise RedFileError(
+            f"cannot decompress RED file {source} ({kind}: {err}); it is truncated or corrupt, "
+            "copy it again"
+        ) from None
+    return total
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
 
 
 def _data_bytes(header: fits.Header) -> int:
-    """Size of an HDU's data (without padding) from its header."""
-    naxis = [header.get(f"NAXIS{i}", 0) for i in range(1, header.get("NAXIS", 0) + 1)]
-    elements = int(np.prod(naxis, dtype=np.int64)) if naxis else 0
-    gcount, pcount = header.get("GCOUNT", 1), header.get("PCOUNT", 0)
-    return abs(header.get("BITPIX", 8)) // 8 * gcount * (pcount + elements)
+    """Size of an HDU's data (without padding) from its (checked) header, in Python ints."""
+    naxis = [int(header.get(f"NAXIS{i}", 0)) for i in range(1, int(header.get("NAXIS", 0)) + 1)]
+    elements = math.prod(naxis) if naxis else 0
+    gcount, pcount = int(header.get("GCOUNT", 1)), int(header.get("PCOUNT", 0))
+    return abs(int(header.get("BITPIX", 8))) // 8 * gcount * (pcount + elements)
+
+
+def _header_problems(hdul: fits.HDUList, index: int, size: int) -> list[str]:
+    """What is wrong with one HDU's header, judged before any data are read.
+
+    Every card must parse, no keyword may repeat with another value, the
+    mandatory cards must be sane, the HDU must be a standard one astropy
+    recognised, and its declared data must fit in the ``size`` bytes of the stream.
+    """
+    hdu = hdul[index]
+    header = hdu.header
+    seen: dict[str, Any] = {}
+    repeated: dict[str, list] = {}
+    for number, card in enumerate(header.cards, start=1):
+        keyword = str(card.keyword).strip().upper()
+        try:
+            value = card.value
+        except (VerifyError, ValueError):
+            return [
+                f"HDU #{index}: card {keyword[:20] or '(blank)'} cannot be parsed (bytes "
+                "that are not printable ASCII, or a malformed value)"
+            ]
+        if number > 1 and keyword in ("SIMPLE", "XTENSION"):
+            return [
+                f"HDU #{index}: card {number} is {keyword}, the start of another HDU: the "
+                "header's END card is missing or damaged"
+            ]
+        if keyword in _COMMENTARY:
+            continue
+        if keyword in seen and (type(value) is not type(seen[keyword]) or value != seen[keyword]):
+            repeated.setdefault(keyword, [seen[keyword]]).append(value)
+        seen.setdefault(keyword, value)
+    name = "PRIMARY" if index == 0 else str(seen.get("EXTNAME", "")).strip()
+    where = f"HDU #{index}" + (f" ({name})" if name else "")
+    problems = [
+        f"{where}: keyword {keyword[:20]} appears {len(values)} times with different values "
+        f"({', '.join(_short(v) for v in values)}); keep the right one"
+        for keyword, values in repeated.items()
+    ]
+    bitpix: Any = seen.get("BITPIX")
+    naxis: Any = seen.get("NAXIS")
+    if bitpix not in _BITPIX or not _is_int(bitpix):
+        problems.append(
+            f"{where}: BITPIX = {bitpix!r}, not one of {', '.join(map(str, _BITPIX))}"
+            if "BITPIX" in seen
+            else f"{where}: no BITPIX card"
+        )
+    if not _is_int(naxis) or not 0 <= naxis <= 999:
+        problems.append(
+            f"{where}: NAXIS = {naxis!r}, not a number of axes (0 to 999)"
+            if "NAXIS" in seen
+            else f"{where}: no NAXIS card"
+        )
+    else:
+        for card in [f"NAXIS{i}" for i in range(1, naxis + 1)] + ["PCOUNT", "GCOUNT"]:
+            if card not in seen:  # PCOUNT and GCOUNT may be left out (0 and 1)
+                problems += [f"{where}: no {card} card"] if card.startswith("NAXIS") else []
+            elif not _is_int(seen[card]) or seen[card] < 0:
+                problems.append(f"{where}: {card} = {seen[card]!r}, not a whole number >= 0")
+    if problems:
+        return problems
+    if index == 0:
+        standard = isinstance(hdu, fits.PrimaryHDU) and not isinstance(hdu, fits.GroupsHDU)
+        kind = f"SIMPLE = {seen.get('SIMPLE')!r}"
+    else:
+        standard = isinstance(hdu, (fits.ImageHDU, fits.BinTableHDU, fits.TableHDU))
+        kind = f"XTENSION = {seen.get('XTENSION')!r}"
+    if not standard:
+        return [
+            f"{where}: not a standard FITS HDU ({kind}); its header is corrupt or of a "
+            "kind kspec_xr does not read (IMAGE and BINTABLE extensions are)"
+        ]
+    if isinstance(hdu, (fits.BinTableHDU, fits.TableHDU)):
+        try:
+            hdu.columns  # noqa: B018  (parses every TFORMn, TTYPEn, ...)
+        except (VerifyError, ValueError, KeyError, TypeError, IndexError) as err:
+            return [f"{where}: the column definitions are corrupt ({err})"]
+    end = hdul.fileinfo(index)["datLoc"] + _data_bytes(header)
+    if end > size:
+        return [f"{where} needs {end} bytes, the file has {size}"]
+    return []
+
+
+def _short(value, width: int = 30) -> str:
+    text = repr(value)
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def _unreadable_hdu(source: Path) -> int | None:
+    """The index of the first HDU astropy cannot read (for messages), or None."""
+    index = 0
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with fits.open(source, memmap=False, lazy_load_hdus=True) as hdul:
+                while True:
+                    try:
+                        hdul[index]
+                    except IndexError:
+                        return None
+                    index += 1
+    except Exception:  # noqa: BLE001  (only for the message: the caller raises anyway)
+        return index
 
 
 def _open_fits(source: Path) -> fits.HDUList:
-    """``fits.open`` with every header read; truncated or corrupt files raise."""
+    """``fits.open`` with every header read and checked; truncated or corrupt files raise.
+
+    Compressed files (gzip, bzip2, xz) are read as astropy reads them, their
+    sizes checked against the decompressed stream.  Nothing is read from an HDU
+    whose header declares more data than the file holds.
+    """
+    size = _stream_size(source)
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             hdul = fits.open(source, memmap=False, lazy_load_hdus=False)
-    except (OSError, ValueError, TypeError, IndexError) as err:
+    except (OSError, ValueError, TypeError, IndexError, KeyError, EOFError, VerifyError) as err:
+        detail = f"no {err} card" if isinstance(err, KeyError) else str(err)
+        index = _unreadable_hdu(source)
+        detail = detail if index is None else f"HDU #{index}: {detail}"
         raise RedFileError(
-            f"cannot read RED file {source} as FITS ({err}); check that it is a complete FITS file"
-        ) from err
+            f"cannot read RED file {source} as FITS ({detail}); check that it is a complete, "
+            "uncorrupted FITS file"
+        ) from None
     problems = [
         " ".join(str(w.message).split())
         for w in caught
         if "Error validating header" in str(w.message)
     ]
-    size = source.stat().st_size
-    for index, hdu in enumerate(hdul):
-        end = hdul.fileinfo(index)["datLoc"] + _data_bytes(hdu.header)
-        if end > size:
-            problems.append(f"HDU #{index} needs {end} bytes, the file has {size}")
+    for index in range(len(hdul)):  # where an HDU ends depends on the headers before it
+        if isinstance(hdul[index], fits.CompImageHDU):  # its header is the image's
+            name = hdul[index].name
+            hdul.close()
+            raise RedFileError(
+                f"RED file {source}, HDU #{index} ({name}): tile-compressed images are not "
+                "supported; decompress the file (funpack)"
+            )
+        problems += _header_problems(hdul, index, size)
+        if problems:
+            break
     if problems:
         hdul.close()
+        shown = problems[:_SHOWN_PROBLEMS]
+        if len(problems) > len(shown):
+            shown.append(f"{len(problems) - len(shown)} more")
         raise RedFileError(
-            f"RED file {source} is truncated or corrupt ({'; '.join(problems)}); "
-            "copy it again from the reduction"
+            f"RED file {source} is truncated or corrupt ({'; '.join(shown)}); "
+            "copy it again from the reduction, or repair the header cards named"
         )
     for w in caught:  # not ours to judge: pass astropy's other warnings on
         if "truncated" not in str(w.message):

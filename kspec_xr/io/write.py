@@ -15,11 +15,16 @@ travel in the primary card ``KXATTRS``.  None of these cards is written for
 an unprocessed Dataset, which therefore writes back its input exactly.
 
 A flux-calibrated exposure also gets the cards that describe its
-calibration (:func:`calibration_header`: ``FLUXCAL``, ``FCALNSTR``, …).
+calibration (:func:`calibration_header`: ``FLUXCAL``, ``FCALNSTR``, …), and
+its flux and variance are written as float32 in ``10**-17 erg/(s cm2
+Angstrom)`` (squared) or as float64 (``write_red(dtype=...)``), with units
+spelled as the FITS standard does; ``name.gz`` outputs are gzip-compressed.
+Every output passes ``fitsverify`` without a warning.
 """
 
 from __future__ import annotations
 
+import gzip
 import os
 import textwrap
 from pathlib import Path
@@ -29,7 +34,7 @@ import xarray as xr
 from astropy.io import fits
 
 from .._base import maskbits
-from .._base.errors import CalibrationError, OutputExistsError, RedFileError
+from .._base.errors import CalibrationError, OptionError, OutputExistsError, RedFileError
 from .._base.paths import atomic_output
 from .._base.provenance import (
     add_history,
@@ -42,6 +47,8 @@ from .._base.schema import (
     COLUMN_ATTR,
     DS_MEDIUM_ATTR,
     DS_MEDIUM_SOURCE_ATTR,
+    FLUX_UNITS,
+    FLUX_VARIANCE_UNITS,
     HDU_ATTR,
     HEADER_ATTR,
     HISTORY_ATTR,
@@ -50,6 +57,7 @@ from .._base.schema import (
     ORDER_ATTR,
     RAW_ATTR,
     StandardStatus,
+    is_flux_units,
     source_name,
     standard_reasons,
 )
@@ -76,15 +84,19 @@ from ._fits import (
     _bits_equal,
     _declare_medium,
     _default_column_units,
+    _fits_units,
     _is_table,
     _same_bits,
     _same_unit,
+    _scaled_units,
     _squared_units,
     _wcs_wavelength,
+    declare_long_strings,
     encode_attrs,
     encode_image,
     encode_table,
     merge_header,
+    narrowest_integers,
     update_checksums,
 )
 
@@ -115,6 +127,12 @@ def _set_bunit(header: fits.Header, units, default: str) -> None:
 
 
 _ROLE_VARS = {_VARIANCE: "variance", _WAVELA: "wavelength", _FIBRES: "fiber"}
+#: calibrated flux written as float32 is in units of this many erg/(s cm2 Angstrom)
+_CALIBRATED_SCALE = 1e-17
+#: the on-disk types ``write_red(dtype=...)`` offers for calibrated flux and variance
+_DTYPES = ("float32", "float64")
+#: gzip level of ``.gz`` outputs (gzip's own default: most of level 9's gain, 3x faster)
+_GZIP_LEVEL = 6
 _FITS_ATTRS = (HEADER_ATTR, HDU_ATTR, COLUMN_ATTR, RAW_ATTR)
 
 
@@ -143,19 +161,27 @@ def _find_carriers(ds: xr.Dataset) -> dict[str, str]:
 
 
 def _product_attrs(var: xr.Variable) -> tuple[dict, str | None]:
-    """A product's attrs without stale FITS bookkeeping, and its units."""
+    """A product's attrs without stale FITS bookkeeping, and its BUNIT/TUNIT.
+
+    The units travel in the card alone when FITS reads them as they are
+    spelled; otherwise (kspecdr's 'erg/cm2/s/A/Counts', the dimensionless
+    '1', 'dex') the card gets their FITS spelling, or nothing, and the JSON
+    keeps them, so that the reader gives back the same string.
+    """
     attrs = {k: v for k, v in var.attrs.items() if k not in _FITS_ATTRS}
     units = attrs.get("units")
     if not isinstance(units, str) or not units.strip() or units != units.strip():
         return attrs, None  # kept in the JSON: a FITS string loses its blanks
-    del attrs["units"]
-    return attrs, units
+    written = _fits_units(units)
+    if written == units:
+        del attrs["units"]
+    return attrs, written
 
 
 class _Writer:
     """Turns one (computed) Dataset into a list of encoded HDUs."""
 
-    def __init__(self, ds: xr.Dataset):
+    def __init__(self, ds: xr.Dataset, dtype: str = "float32"):
         for name in ("flux", "variance"):
             if name not in ds.data_vars:
                 raise ValueError(
@@ -169,6 +195,9 @@ class _Writer:
         self.file_vars: set[str] = set()  # ... as part of an HDU read from the file
         self.extnames: set[str] = set()
         self.carriers = _find_carriers(ds)
+        self.dtype = np.dtype(dtype)
+        # flux-calibrated flux and variance are written in ``dtype`` (see write_red)
+        self.calibrated = is_flux_units(ds.flux.attrs.get("units"))
 
     def oriented(self, var: xr.Variable) -> np.ndarray:
         """A (fiber, spectral) variable in on-disk axis order."""
@@ -177,6 +206,7 @@ class _Writer:
 
     def finish(self, stored: fits.Header, generated, payload, renumber=None) -> EncodedHDU:
         header = merge_header(stored, generated, renumber)
+        declare_long_strings(header)
         if "EXTNAME" in header:
             self.extnames.add(str(header["EXTNAME"]).strip().upper())
         hdu = EncodedHDU(header, payload)
@@ -188,7 +218,11 @@ class _Writer:
     def primary(self) -> EncodedHDU:
         """The primary HDU; built last, when the file variables are known."""
         ds, header = self.ds, self.header
-        _set_bunit(header, ds.flux.attrs.get("units"), _DEFAULT_FLUX_UNITS)
+        if self.calibrated:
+            flux = self.calibrated_values(ds.flux.variable, header, power=1)
+        else:
+            _set_bunit(header, ds.flux.attrs.get("units"), _DEFAULT_FLUX_UNITS)
+            flux = self.oriented(ds.flux.variable)
         if "wavelength" in ds.coords:  # a medium set on the coordinate goes to CTYPEn
             medium = ds["wavelength"].attrs.get(MEDIUM_ATTR)
             _declare_medium(header, 2 if self.transpose else 1, medium)
@@ -208,10 +242,27 @@ class _Writer:
         extra = self.extra_attrs()
         if extra:
             header[_ATTRS_CARD] = encode_attrs(extra, "attrs")
-        generated, payload = encode_image(
-            self.oriented(ds.flux.variable), stored=header, primary=True
-        )
+        generated, payload = encode_image(flux, stored=header, primary=True)
         return self.finish(header, generated, payload)
+
+    def calibrated_values(self, var: xr.Variable, header: fits.Header, power: int) -> np.ndarray:
+        """Calibrated flux (``power=1``) or variance (2) as written, and its BUNIT set.
+
+        float64: the values, in erg/(s cm2 Angstrom) (squared).  float32: the
+        values times 1e17 (1e34), in '10**-17 erg/(s cm2 Angstrom)'
+        (squared), so that variances of 1e-34 and less stay far inside
+        float32's normal range (down to 1.2e-38) at full precision.
+        """
+        units = FLUX_UNITS if power == 1 else FLUX_VARIANCE_UNITS
+        values = self.oriented(var)
+        if self.dtype == np.float32:
+            factor = _CALIBRATED_SCALE**power
+            values = (values.astype(np.float64, copy=False) / factor).astype(np.float32)
+            units = _scaled_units(factor, units)
+        else:
+            values = values.astype(np.float64, copy=False)
+        header["BUNIT"] = units
+        return values
 
     def extra_attrs(self) -> dict:
         """Attributes the reader would not restore by itself (kept as KXATTRS)."""
@@ -233,11 +284,19 @@ class _Writer:
     def image(self, name: str, default_units: str) -> EncodedHDU:
         var = self.ds[name].variable
         stored = _header_of(var)
-        _set_bunit(stored, var.attrs.get("units"), default_units)
-        values = self.oriented(var) if name == "variance" else _values(var)
+        if name == "variance" and self.calibrated_variance():
+            values = self.calibrated_values(var, stored, power=2)
+        else:
+            _set_bunit(stored, var.attrs.get("units"), default_units)
+            values = self.oriented(var) if name == "variance" else _values(var)
         generated, payload = encode_image(values, stored=stored)
         self.written(name)
         return self.finish(stored, generated, payload)
+
+    def calibrated_variance(self) -> bool:
+        """True if the variance is in the square of the calibrated flux units."""
+        units = self.ds.variance.attrs.get("units", FLUX_VARIANCE_UNITS)
+        return self.calibrated and isinstance(units, str) and _same_unit(units, FLUX_VARIANCE_UNITS)
 
     def wavela(self, stored: fits.Header) -> EncodedHDU:
         wave = self.ds["wavelength"].variable
@@ -386,8 +445,10 @@ class _Writer:
         stored_values = values
         if values.dtype.kind == "b":
             stored_values = values.astype(np.uint8)
-        elif values.dtype == np.int8 or values.dtype == np.float16:
-            stored_values = values.astype(np.int16 if values.dtype == np.int8 else np.float32)
+        elif values.dtype.kind in "iu":  # e.g. the int32 mask, bits 0-7: one byte a pixel
+            stored_values = narrowest_integers(values)  # the reader restores KXMETA's dtype
+        elif values.dtype == np.float16:
+            stored_values = values.astype(np.float32)
         attrs, units = _product_attrs(var)
         meta = {"dims": list(var.dims), "coord": coord, "dtype": values.dtype.str, "attrs": attrs}
         header = fits.Header([("EXTNAME", self._unique_extname(name)), (_VAR_CARD, name)])
@@ -483,7 +544,11 @@ class _Writer:
             return [self.fibres()]
         if key == _VARIANCE:
             stored = fits.Header([("EXTNAME", _VARIANCE)])
-            generated, payload = encode_image(self.oriented(ds.variance.variable), stored=stored)
+            if self.calibrated_variance():
+                values = self.calibrated_values(ds.variance.variable, stored, power=2)
+            else:
+                values = self.oriented(ds.variance.variable)
+            generated, payload = encode_image(values, stored=stored)
             self.written("variance")
             return [self.finish(stored, generated, payload)]
         if "wavelength" not in ds.coords:
@@ -568,7 +633,7 @@ def calibration_header(ds: xr.Dataset, /) -> xr.Dataset:
     if np.isfinite(resolution["used"]):
         cards["FCALFWHM"] = (
             round(resolution["used"], 3),
-            f"[Angstrom] FWHM used: {resolution['source']}"[:40],
+            f"[Angstrom] used: {resolution['source']}"[:47],
         )
     if np.isfinite(resolution["measured"]):
         cards["FCALFWME"] = (
@@ -759,15 +824,40 @@ def _output_file(path, overwrite: bool) -> Path:
 
 
 def _write_atomically(path: Path, hdus: list[EncodedHDU], overwrite: bool) -> None:
-    """Write to a temporary file beside ``path`` and rename it into place."""
+    """Write to a temporary file beside ``path`` and rename it into place.
+
+    A name ending in ``.gz`` gets a gzip-compressed file (no name or time
+    stamp in its header, as ``gzip -n``: the same Dataset gives the same bytes).
+    """
     with atomic_output(path, overwrite=overwrite) as tmp, open(tmp, "wb") as out:
-        for hdu in hdus:
-            out.write(hdu.tobytes())
+        if path.suffix.lower() == ".gz":
+            with gzip.GzipFile(
+                filename="", mode="wb", fileobj=out, compresslevel=_GZIP_LEVEL, mtime=0
+            ) as packed:
+                for hdu in hdus:
+                    packed.write(hdu.tobytes())
+        else:
+            for hdu in hdus:
+                out.write(hdu.tobytes())
         out.flush()
         os.fsync(out.fileno())
 
 
-def write_red(ds: xr.Dataset, path, *, overwrite: bool = False) -> Path:
+def _check_dtype(dtype) -> str:
+    """'float32' or 'float64' from a name or NumPy type; OptionError otherwise."""
+    try:
+        name = np.dtype(dtype).name if dtype is not None else None
+    except TypeError:
+        name = None
+    if name not in _DTYPES:
+        raise OptionError(
+            f"write_red(dtype={dtype!r}): the calibrated flux and variance are written as "
+            "'float32' or 'float64'; give one of those"
+        )
+    return str(name)
+
+
+def write_red(ds: xr.Dataset, path, *, overwrite: bool = False, dtype: str = "float32") -> Path:
     """Write an exposure Dataset as a RED FITS file.
 
     ``write_red(open_red(f), g)`` reproduces ``f``: the same HDUs in the same
@@ -781,9 +871,21 @@ def write_red(ds: xr.Dataset, path, *, overwrite: bool = False) -> Path:
         An exposure (from :func:`open_red`, possibly processed; dask-backed
         Datasets are computed once).
     path : str or os.PathLike
-        The output file.
+        The output file; a name ending in ``.gz`` (``out.fits.gz``) is written
+        gzip-compressed, which :func:`open_red` reads back.
     overwrite : bool
         Replace ``path`` if it exists.
+    dtype : {'float32', 'float64'}
+        The type of a flux-calibrated exposure's flux and variance images.
+        'float32' (default) halves them: the values are written in units of
+        ``10**-17 erg/(s cm2 Angstrom)`` (variance ``10**-34 erg2/(s2 cm4
+        Angstrom2)``), that is times 1e17 (1e34), so that even variances of
+        1e-40 erg2/(s2 cm4 Angstrom2) stay in float32's normal range; float32
+        keeps 7 significant digits, far below the noise.  :func:`open_red`
+        returns the physical values (float64) in ``erg/(s cm2 Angstrom)``.
+        'float64' writes the values as they are, unscaled.  Data in counts
+        and every other HDU keep their own type, so an unprocessed Dataset
+        writes back its input exactly.
 
     Returns
     -------
@@ -798,14 +900,21 @@ def write_red(ds: xr.Dataset, path, *, overwrite: bool = False) -> Path:
         If the destination folder does not exist.
     TypeError
         If ``ds`` is not a Dataset, or a variable has a dtype FITS cannot hold.
+    OptionError
+        If ``dtype`` is not 'float32' or 'float64'.
     ValueError
         If ``ds`` has no ``flux``/``variance`` or no fiber types.
 
     Notes
     -----
     The file is written to a temporary file in the destination folder and
-    renamed into place, so a failure never leaves a partial file.  The flux
-    ``units`` become ``BUNIT``; a flux-calibrated exposure gets its summary
+    renamed into place, so a failure never leaves a partial file (temporary
+    files that killed writers left for this name are removed first:
+    :func:`kspec_xr._base.paths.sweep_stale_temps`).  The flux ``units``
+    become ``BUNIT`` (and the variance's its BUNIT), spelled as the FITS
+    standard spells units (``erg/(s cm2 Angstrom)``, which
+    ``astropy.units.Unit(s, format="fits")`` reads; kspecdr's
+    ``erg/cm2/s/A`` would be per ampere); a flux-calibrated exposure gets its summary
     cards (``FLUXCAL``, ``FCALNSTR``, ``FCALRMS``, one ``HISTORY`` line per
     standard; :func:`calibration_header`);
     ``attrs["history"]`` lines become ``HISTORY``
@@ -820,11 +929,12 @@ def write_red(ds: xr.Dataset, path, *, overwrite: bool = False) -> Path:
     """
     if not isinstance(ds, xr.Dataset):
         raise TypeError(f"write_red needs an xarray.Dataset, not {type(ds).__name__}")
+    dtype = _check_dtype(dtype)
     dest = _output_file(path, overwrite)
     computed = ds.compute()  # one dask compute for every lazy variable
     if "calibration" in computed and "standard_reason" in computed:
         if primary_header(computed).get("FLUXCAL") is not True:  # not yet described
             computed = calibration_header(computed)
-    hdus = _Writer(computed).hdus()
+    hdus = _Writer(computed, dtype).hdus()
     _write_atomically(dest, hdus, overwrite)
     return dest

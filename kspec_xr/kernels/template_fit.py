@@ -406,7 +406,9 @@ def fit_star(
     w_on_log = w_on_log.astype(float)
     width_log = smoothing_pixels(lam_work, smooth_scale)
     obs_on_log = np.interp(lam_work, wave, flux)
-    spec = obs_on_log / running_mean(obs_on_log, w_on_log, width_log) - 1.0
+    with np.errstate(divide="ignore", invalid="ignore"):  # a star with no counts: no velocity
+        spec = obs_on_log / running_mean(obs_on_log, w_on_log, width_log) - 1.0
+    spec = np.where(np.isfinite(spec), spec, 0.0)
     refs = coarse.norm[candidates[order]].T
     refs = (refs / running_mean(refs, w_on_log, width_log) - 1.0).T
     velocity, _ = xcorr_velocity(

@@ -8,6 +8,9 @@
 3. each standard's catalogue photometry against its fitted model (residuals
    per band), with the fitted parameters in the legend;
 4. each standard's zero point against its tilt, with the gating's limits.
+
+:func:`check_plot_path` refuses, before any work, a plot path that could not
+be written (format unknown to matplotlib, folder missing, file present).
 """
 
 from __future__ import annotations
@@ -18,12 +21,14 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
+from .._base.errors import OutputError, OutputExistsError
 from .._base.maskbits import bit
+from .._base.paths import atomic_output, check_writable
 from .._base.schema import StandardStatus
 from ..kernels.robust import nan_running_mean
 from .tables import standards_summary
 
-__all__ = ["plot_calibration"]
+__all__ = ["plot_calibration", "check_plot_path", "plot_formats"]
 
 _WINDOW = 51
 
@@ -68,7 +73,57 @@ def _plot_gating(ax, ds: xr.Dataset) -> None:
     ax.set_title("gating: o used, x rejected (dashed: the limits applied)", fontsize=9)
 
 
-def plot_calibration(ds: xr.Dataset, /, path: str | os.PathLike | None = None):
+def plot_formats() -> list[str]:
+    """The file extensions matplotlib can save a figure as ('png', 'pdf', 'svg', …)."""
+    from matplotlib.figure import Figure  # deferred: matplotlib only to draw
+
+    return sorted(Figure().canvas.get_supported_filetypes())
+
+
+def check_plot_path(path: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Check, before any work, that a QC plot can be saved at ``path``; return it.
+
+    The format is the extension's (``.png``, ``.pdf``, …: :func:`plot_formats`);
+    the folder must exist and take files; an existing file is replaced only
+    with ``overwrite``.
+
+    Raises
+    ------
+    TypeError
+        ``path`` is not a str or os.PathLike.
+    OutputError
+        No extension, or one matplotlib cannot write; the folder is missing,
+        read-only or full; ``path`` is a folder.
+    OutputExistsError
+        ``path`` exists and ``overwrite`` is False.
+    """
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"plot path must be a str or os.PathLike, not {type(path).__name__}")
+    path = Path(path)
+    formats = plot_formats()
+    extension = path.suffix.lower().lstrip(".")
+    if extension not in formats:
+        said = (
+            f"its extension .{extension} is not" if extension else "it has no extension, which is"
+        )
+        raise OutputError(
+            f"cannot write the QC plot {path}: {said} a format matplotlib writes; "
+            f"end the name in one of .{', .'.join(formats)}"
+        )
+    if path.is_dir():
+        raise OutputError(f"cannot write the QC plot {path}: it is a folder; give a file name")
+    check_writable(path)
+    if path.exists() and not overwrite:
+        raise OutputExistsError(
+            f"the QC plot {path} exists; pass overwrite=True (command line: --overwrite) "
+            "to replace it"
+        )
+    return path
+
+
+def plot_calibration(
+    ds: xr.Dataset, /, path: str | os.PathLike | None = None, *, overwrite: bool = False
+):
     """Draw the QC figure of a calibrated exposure; save it when ``path`` is given.
 
     Parameters
@@ -76,12 +131,24 @@ def plot_calibration(ds: xr.Dataset, /, path: str | os.PathLike | None = None):
     ds : xr.Dataset
         Output of :func:`kspec_xr.flux_calibrate` (computed).
     path : path, optional
-        Where to save the figure (PNG, PDF, … by suffix).
+        Where to save the figure, in the format of its extension (PNG, PDF,
+        …: :func:`plot_formats`); checked first (:func:`check_plot_path`),
+        then written to a temporary file and renamed, so that a failure
+        never leaves a partial plot.
+    overwrite : bool
+        Replace an existing ``path``.
 
     Returns
     -------
     matplotlib.figure.Figure
+
+    Raises
+    ------
+    OutputError, OutputExistsError
+        Before any drawing, as :func:`check_plot_path` does.
     """
+    if path is not None:
+        path = check_plot_path(path, overwrite)
     import matplotlib  # deferred: matplotlib is slow to import and only needed to draw
 
     if path is not None:
@@ -157,6 +224,9 @@ def plot_calibration(ds: xr.Dataset, /, path: str | os.PathLike | None = None):
     axes[1].set_xlim(wave[0], wave[-1])
     axes[1].set_xlabel("wavelength [Å]")
     if path is not None:
-        fig.savefig(Path(path), dpi=110)
-        plt.close(fig)
+        try:
+            with atomic_output(path, overwrite=overwrite) as tmp:
+                fig.savefig(tmp, format=path.suffix.lower().lstrip("."), dpi=110)
+        finally:
+            plt.close(fig)
     return fig

@@ -16,7 +16,7 @@ from .fit import fit_standards, header_fwhm, teff_from_colors
 from .gate import GATE_DEFAULTS, gate_standards
 from .medium import DEFAULT_MEDIUM, resolve_medium, vacuum_wavelength
 from .photometry import band_weights, synthetic_mags
-from .resolution import measure_resolution, measured_fwhm, sharp_fwhm
+from .resolution import measure_resolution, measured_fwhm, nominal_fwhm, sharp_fwhm
 from .scale import MAG_ERROR_FLOOR, scale_to_photometry
 from .select import select_standards
 from .star_calibrations import star_calibrations
@@ -36,6 +36,7 @@ __all__ = [
     "header_fwhm",
     "measure_resolution",
     "measured_fwhm",
+    "nominal_fwhm",
     "sharp_fwhm",
     "GATE_DEFAULTS",
     "vacuum_wavelength",

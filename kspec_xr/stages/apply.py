@@ -7,7 +7,7 @@ import xarray as xr
 from .._base.errors import CalibrationError
 from .._base.maskbits import bit
 from .._base.provenance import add_history
-from .._base.schema import FLUX_UNITS, stage
+from .._base.schema import FLUX_UNITS, FLUX_VARIANCE_UNITS, is_flux_units, stage
 
 __all__ = ["apply_calibration"]
 
@@ -26,7 +26,7 @@ def apply_calibration(ds: xr.Dataset, /) -> xr.Dataset:
     Returns
     -------
     xr.Dataset
-        ``flux`` and ``variance`` in erg/cm2/s/A and its square; ``mask``
+        ``flux`` and ``variance`` in erg/(s cm2 Angstrom) and its square; ``mask``
         gains the calibration's bits (``TELLURIC``, ``CALIB_INTERP``,
         ``CALIB_INVALID``).  Pixels are flagged, never zeroed.
 
@@ -40,8 +40,10 @@ def apply_calibration(ds: xr.Dataset, /) -> xr.Dataset:
             "no calibration on this Dataset; run combine_calibrations first (or "
             "ds.assign(calibration=..., calibration_variance=..., calibration_mask=...))"
         )
-    if ds["flux"].attrs.get("units") == FLUX_UNITS:
-        raise CalibrationError("this exposure is flux-calibrated already (flux units erg/cm2/s/A)")
+    if is_flux_units(ds["flux"].attrs.get("units")):
+        raise CalibrationError(
+            f"this exposure is flux-calibrated already (flux units {FLUX_UNITS})"
+        )
     cal = ds["calibration"]
     var_cal = ds["calibration_variance"]
     counts, var_counts = ds["flux"], ds["variance"]
@@ -55,7 +57,7 @@ def apply_calibration(ds: xr.Dataset, /) -> xr.Dataset:
         # float64: a calibrated variance (~1e-36) would underflow float32's normal range
         flux=flux.astype("float64").assign_attrs(counts.attrs, units=FLUX_UNITS),
         variance=variance.astype("float64").assign_attrs(
-            var_counts.attrs, units=f"({FLUX_UNITS})2"
+            var_counts.attrs, units=FLUX_VARIANCE_UNITS
         ),
         mask=(ds["mask"] | carried).astype(ds["mask"].dtype).assign_attrs(ds["mask"].attrs),
     )

@@ -58,9 +58,11 @@ def associate_catalog(
     Returns
     -------
     xr.Dataset
-        ``catalog_row`` (−1 when unmatched), ``catalog_sep`` (arcsec),
-        ``catalog_objid``, ``std_mag`` / ``std_mag_err`` on
-        (``standard``, ``band``) in AB; ``std_ebv`` (mag) and
+        ``catalog_row`` (−1 when unmatched), ``catalog_sep`` (arcsec; the
+        nearest star's, also when it is beyond ``radius``), ``catalog_objid``
+        (int64, −1 when unmatched; for a catalogue whose ``objid`` is text,
+        str, ``""`` when unmatched; the row without ``objid``), ``std_mag`` /
+        ``std_mag_err`` on (``standard``, ``band``) in AB; ``std_ebv`` (mag) and
         ``std_ebv_source`` (standard): the catalogue's E(B−V) and where it
         comes from (NaN / ``""`` without a catalogue row or an E(B−V));
         ``standard_status`` / ``standard_reason`` say why a standard has no
@@ -134,8 +136,12 @@ def associate_catalog(
     else:
         ebv_source = np.full(n_std, "")
     objid = np.asarray(picked["objid"].values) if "objid" in picked else safe
-    if objid.dtype.kind not in "iu":
-        objid = safe
+    if objid.dtype.kind in "iu":
+        objid = np.where(row >= 0, objid, -1).astype("int64")
+    elif objid.dtype.kind == "f":  # integer ids with blank cells
+        objid = np.where((row >= 0) & np.isfinite(objid), np.nan_to_num(objid), -1).astype("int64")
+    else:  # a text id (a Gaia "DR3 123…", a survey name) is kept as it is; "" when unmatched
+        objid = np.where(row >= 0, objid.astype(str), "")
     out = ds.assign(
         catalog_row=(
             "standard",
@@ -147,7 +153,11 @@ def associate_catalog(
             sep,
             {"units": "arcsec", "long_name": "fiber-catalogue separation"},
         ),
-        catalog_objid=("standard", np.where(row >= 0, objid, -1).astype("int64")),
+        catalog_objid=(
+            "standard",
+            objid,
+            {"long_name": "catalogue objid (-1 or '': unmatched; the row number without objid)"},
+        ),
         std_mag=mag.assign_attrs(units="mag", system="AB", long_name="catalogue magnitude"),
         std_mag_err=err.assign_attrs(units="mag", long_name="catalogue magnitude error"),
         std_ebv=(
@@ -191,15 +201,14 @@ def _match_by_position(ds, cat, radius, status, where):
         )
     cat_ra = np.asarray(cat["ra"].values, dtype=float)
     cat_dec = np.asarray(cat["dec"].values, dtype=float)
-    rows = np.flatnonzero(np.isfinite(cat_ra) & np.isfinite(cat_dec))
     n_std = std_ra.size
     row = np.full(n_std, -1)
     sep = np.full(n_std, np.nan)
     status[~has_fibre & (status == StandardStatus.OK)] = StandardStatus.NO_POSITION
-    if rows.size:
-        fib = np.flatnonzero(has_fibre)
-        hit, dist = nearest_on_sky(std_ra[fib], std_dec[fib], cat_ra[rows], cat_dec[rows])
-        row[fib] = np.where(dist <= radius, rows[hit], -1)
+    fib = np.flatnonzero(has_fibre)
+    hit, dist = _nearest(std_ra[fib], std_dec[fib], cat_ra, cat_dec, radius)
+    if hit.size:
+        row[fib] = np.where(dist <= radius, hit, -1)
         sep[fib] = dist
         for star in np.unique(row[row >= 0]):
             claim = np.flatnonzero(row == star)
@@ -210,3 +219,56 @@ def _match_by_position(ds, cat, radius, status, where):
     far = has_fibre & (row < 0) & (status == StandardStatus.OK)
     status[far] = StandardStatus.NO_MATCH
     return row, sep, status
+
+
+def _box(ra, dec, cat_ra, cat_dec, margin):
+    """Rows of the catalogue inside an RA/Dec box around all the fibres, ``margin`` deg wider.
+
+    The box holds every circle of radius ``margin`` about a fibre; rows with a
+    NaN position are never in it.  No RA cut near a pole or when the fibres
+    span more than half the sky.
+    """
+    lo, hi = float(np.min(dec)) - margin, float(np.max(dec)) + margin
+    keep = np.flatnonzero((cat_dec >= lo) & (cat_dec <= hi))
+    keep = keep[np.isfinite(cat_ra[keep])]
+    polar = max(abs(lo), abs(hi))
+    if polar >= 89.0 or keep.size == 0:
+        return keep
+    ra0 = float(ra[0])
+    offset = (np.asarray(ra) - ra0 + 180.0) % 360.0 - 180.0
+    first, last = float(offset.min()), float(offset.max())
+    if last - first >= 180.0:
+        return keep
+    # an arcsec-sized circle at declination d spans margin / cos(d) in RA (+1 % for asin)
+    half = 1.01 * margin / np.cos(np.radians(polar))
+    around = (cat_ra[keep] - ra0 + 180.0) % 360.0 - 180.0
+    return keep[(around >= first - half) & (around <= last + half)]
+
+
+def _nearest(ra, dec, cat_ra, cat_dec, radius):
+    """Row of the nearest catalogue star and its separation (arcsec) for each fibre.
+
+    The match looks only at the catalogue rows in a box around the fibres
+    (:func:`_box`; a 10^6-row catalogue costs milliseconds, not a pass per
+    fibre); a fibre with nothing within ``max(radius, 60")`` of it is compared
+    with the whole catalogue, so the separation it reports is the true nearest
+    one.  Rows whose RA or Dec is NaN are never matched.  Empty arrays when the
+    catalogue has no usable position.
+    """
+    if ra.size == 0:
+        return np.empty(0, dtype=np.intp), np.empty(0)
+    reach = max(float(radius), 60.0)
+    rows = _box(ra, dec, cat_ra, cat_dec, reach / 3600.0)
+    hit = np.full(ra.size, -1, dtype=np.intp)
+    dist = np.full(ra.size, np.inf)
+    if rows.size:
+        k, d = nearest_on_sky(ra, dec, cat_ra[rows], cat_dec[rows])
+        hit, dist = rows[k], d
+    far = np.flatnonzero(dist > reach)
+    if far.size:  # nothing near: the true nearest, for the message, from every usable row
+        every = np.flatnonzero(np.isfinite(cat_ra) & np.isfinite(cat_dec))
+        if every.size == 0:
+            return np.empty(0, dtype=np.intp), np.empty(0)
+        k, d = nearest_on_sky(ra[far], dec[far], cat_ra[every], cat_dec[every])
+        hit[far], dist[far] = every[k], d
+    return hit, dist

@@ -13,11 +13,26 @@ import numpy as np
 import xarray as xr
 
 from .._base.maskbits import bit, flag_attrs
+from .._base.options import bounded, flag, positive_int, positive_number
 from .._base.provenance import add_history
 from .._base.schema import StandardStatus, bare, stage, standards_used, with_status
 from ..kernels.robust import combine_block
 
-__all__ = ["combine_calibrations"]
+__all__ = ["combine_calibrations", "check_combine_options"]
+
+
+def check_combine_options(*, sigma, min_stars, smooth) -> tuple[float, int, bool]:
+    """The options of :func:`combine_calibrations` a driver checks before any work.
+
+    ``sigma`` at least 1 (a tighter clip rejects good stars), ``min_stars`` a
+    whole number of at least 1, ``smooth`` True or False; else
+    :class:`~kspec_xr._base.errors.OptionError`.
+    """
+    return (
+        bounded("sigma", sigma, 1.0, why=" (a tighter clip rejects good stars)"),
+        positive_int("min_stars", min_stars),
+        flag("smooth", smooth),
+    )
 
 
 @stage
@@ -113,10 +128,17 @@ def combine_calibrations(
     those at an end of the spectrum are anchored by chunk medians of the
     stars' values inside them.  One star passes through unchanged.
     """
-    if not 0 <= max_clipped <= 1:
-        raise ValueError(f"max_clipped must be between 0 and 1, not {max_clipped!r}")
-    if int(min_stars) < 1:
-        raise ValueError(f"min_stars must be at least 1, not {min_stars!r}")
+    sigma, min_stars, smooth = check_combine_options(
+        sigma=sigma, min_stars=min_stars, smooth=smooth
+    )
+    iterations = positive_int("iterations", iterations)
+    max_clipped = bounded("max_clipped", max_clipped, 0.0, 1.0)
+    scatter_window = positive_int("scatter_window", scatter_window)
+    knot_spacing = positive_number("knot_spacing", knot_spacing)
+    min_anchor = positive_number("min_anchor", min_anchor)
+    if smooth:
+        smooth_window = positive_number("smooth_window", smooth_window)
+        smooth_order = positive_int("smooth_order", smooth_order)
     cal = ds["std_calibration"]
     flags = ds["std_calibration_mask"]
     contributing = standards_used(ds)

@@ -20,6 +20,7 @@ from .._base.bands import COLOR_PAIRS, TEFF_FLAGS
 from .._base.dust import EBV_MAX, LAW, band_ratio, extinction_curve
 from .._base.errors import CalibrationError, KspecError
 from .._base.maskbits import bit
+from .._base.options import choice, finite_number, flag, positive_number
 from .._base.provenance import add_history, primary_header
 from .._base.regions import in_regions
 from .._base.schema import (
@@ -36,7 +37,10 @@ from ..kernels.template_fit import FitBlock, fit_block
 from ..templates import fwhm_at, resolve_templates
 from .medium import as_vacuum, medium_note, resolve_medium, with_medium
 
-__all__ = ["fit_standards", "teff_from_colors", "header_fwhm"]
+__all__ = ["fit_standards", "teff_from_colors", "header_fwhm", "METRICS"]
+
+#: the template scores :func:`fit_standards` knows
+METRICS = ("chi2", "huber")
 
 #: fit results on ``standard``: FitBlock field -> (variable, units)
 _SCALARS = {
@@ -152,10 +156,10 @@ def fit_standards(
     See :mod:`kspec_xr.kernels.template_fit` for the algorithm.  The stage stays lazy on a
     dask-backed exposure: the fit runs per block of standards when computed.
     """
-    if ebv_fit not in ("field", "star"):
-        raise ValueError(f"ebv_fit must be 'field' or 'star', not {ebv_fit!r}")
-    if metric not in ("chi2", "huber"):
-        raise ValueError(f"metric must be 'chi2' or 'huber', not {metric!r}")
+    ebv_fit = choice("ebv_fit", ebv_fit, ("field", "star"))
+    metric = choice("metric", metric, METRICS)
+    vmax, alpha = positive_number("vmax", vmax), finite_number("alpha", alpha)
+    redden = flag("redden", redden)
     if "std_mag" not in ds:
         raise CalibrationError(
             "no catalogue photometry on this Dataset; run ds.pipe(kx.associate_catalog, catalog) first"

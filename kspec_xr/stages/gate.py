@@ -12,16 +12,18 @@ in :mod:`kspec_xr.kernels.robust`.
 
 from __future__ import annotations
 
-import numpy as np
+import math
+
 import xarray as xr
 
-from .._base.errors import CalibrationError
+from .._base.errors import CalibrationError, OptionError
 from .._base.maskbits import bit
+from .._base.options import bounded
 from .._base.provenance import add_history
 from .._base.schema import bare, stage, standard_index, with_status
 from ..kernels.robust import gate_kernel
 
-__all__ = ["gate_standards", "GATE_DEFAULTS"]
+__all__ = ["gate_standards", "check_gating", "GATE_DEFAULTS"]
 
 #: the thresholds of :func:`gate_standards` and their defaults
 GATE_DEFAULTS: dict[str, float] = {
@@ -45,6 +47,26 @@ _OUTPUTS = (
     ("std_tilt", "mag", "red-minus-blue difference of 2.5 log10(Cal_star / Cal_median)"),
     ("std_tilt_limit", "mag", "tilt limit applied: max(tilt_limit, tilt_nsigma MAD-sigma)"),
 )
+
+
+def check_gating(thresholds) -> dict[str, float]:
+    """Gating thresholds checked: known names, numbers >= 0 (a fraction for ``min_valid_fraction``).
+
+    Raises
+    ------
+    OptionError
+        An unknown name or a value out of range.
+    """
+    thresholds = dict(thresholds or {})
+    unknown = sorted(set(thresholds) - set(GATE_DEFAULTS))
+    if unknown:
+        raise OptionError(
+            f"unknown gating option(s) {', '.join(unknown)}; known: {', '.join(GATE_DEFAULTS)}"
+        )
+    return {
+        name: bounded(name, value, 0.0, 1.0 if name == "min_valid_fraction" else math.inf)
+        for name, value in thresholds.items()
+    }
 
 
 @stage
@@ -118,19 +140,18 @@ def gate_standards(
     >>> out = ds.pipe(kx.gate_standards, zp_limit=0.2)           # doctest: +SKIP
     >>> out[["standard_status", "standard_reason"]].to_dataframe()  # doctest: +SKIP
     """
-    limits = {
-        "min_valid_fraction": float(min_valid_fraction),
-        "min_snr": float(min_snr),
-        "max_phot_rms": float(max_phot_rms),
-        "max_chi2_ratio": float(max_chi2_ratio),
-        "zp_limit": float(zp_limit),
-        "zp_nsigma": float(zp_nsigma),
-        "tilt_limit": float(tilt_limit),
-        "tilt_nsigma": float(tilt_nsigma),
-    }
-    for name, value in limits.items():
-        if not np.isfinite(value) or value < 0:
-            raise ValueError(f"gate_standards: {name} must be a finite number >= 0, not {value!r}")
+    limits = check_gating(
+        {
+            "min_valid_fraction": min_valid_fraction,
+            "min_snr": min_snr,
+            "max_phot_rms": max_phot_rms,
+            "max_chi2_ratio": max_chi2_ratio,
+            "zp_limit": zp_limit,
+            "zp_nsigma": zp_nsigma,
+            "tilt_limit": tilt_limit,
+            "tilt_nsigma": tilt_nsigma,
+        }
+    )
     if "std_calibration" not in ds:
         raise CalibrationError(
             "no per-star calibrations on this Dataset; run ds.pipe(kx.star_calibrations) first"

@@ -18,7 +18,9 @@ import numpy as np
 import xarray as xr
 
 from .._base.errors import CalibrationError
+from .._base.instruments import nominal_resolution
 from .._base.maskbits import bit
+from .._base.provenance import primary_header
 from .._base.regions import in_regions
 from .._base.schema import StandardStatus, bare, stage, standard_index
 from ..kernels.lsf import combine_fwhm
@@ -26,8 +28,25 @@ from ..kernels.template_fit import FwhmBlock, fwhm_block
 from ..templates import PreparedTemplates, open_bosz, resolve_templates
 from .medium import as_vacuum, resolve_medium
 
-__all__ = ["measure_resolution", "measured_fwhm", "sharp_fwhm"]
+__all__ = ["measure_resolution", "measured_fwhm", "nominal_fwhm", "sharp_fwhm"]
 
+
+def nominal_fwhm(ds: xr.Dataset) -> tuple[float, str] | None:
+    """``(FWHM in Å, description)`` from the header's grating, or None if the set-up is unknown.
+
+    The published resolving power of the set-up
+    (:data:`kspec_xr._base.instruments.RESOLVING_POWER`) at the grating's
+    central wavelength (``LAMBDAC``, else the middle of the spectrum).
+    """
+    header = primary_header(ds)
+    found = nominal_resolution(header)
+    if found is None:
+        return None
+    power, description = found
+    centre = header.get("LAMBDAC")
+    if not isinstance(centre, int | float) or isinstance(centre, bool) or not centre > 0:
+        centre = float(np.median(np.asarray(ds["wavelength"].values, dtype=float)))
+    return float(centre) / power, description
 
 
 def _grid_of(templates) -> xr.DataArray:

@@ -24,6 +24,7 @@ import gzip
 import hashlib
 import io
 import os
+import stat
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
@@ -54,9 +55,90 @@ _FLUX_UNITS = "erg/s/cm2/A"
 _SCAN_DEPTH = 3  # sub-folder levels searched below the given folder
 _PACKED_SUFFIXES = (".nc", ".nc4", ".netcdf")
 
+#: bound on the bytes of one text row of a BOSZ file (three %.17e columns fit) ...
+ROW_BYTES = 128
+#: ... and on the rows of a file whose length is not known in advance (a ``noresam``
+#: or ``orig`` file): 512 MB of text at most.  A ``resam`` file has the rows of its
+#: wavelength grid (15·R: 150 000, ~4 MB, at R = 10 000).
+UNKNOWN_ROWS = 4_000_000
+_RESAM_ROWS_PER_R = 15  # rows of the archive's shared wavelength grid per unit of R
+
 
 def _fix_hint(path) -> str:
+    p = Path(path)
+    if any((folder / STANDIN_MARKER).is_file() for folder in p.parents[:3]):
+        return (
+            f"the file {path} of the stand-in grid is damaged: kx.standin_grid_path(verify=True) "
+            "generates it again"
+        )
     return f"the file {path} is corrupt, truncated or not a BOSZ file: download it again (or remove it)"
+
+
+def _file_kind(mode: int) -> str:
+    for test, kind in (
+        (stat.S_ISDIR, "a folder"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    ):
+        if test(mode):
+            return kind
+    return "not a regular file"
+
+
+def _not_regular(path, mode: int) -> TemplateError:
+    return TemplateError(
+        f"{path} is {_file_kind(mode)}, not a regular file, so it is not read; "
+        "remove it or put the BOSZ file itself there"
+    )
+
+
+def _read_bounded(path, max_rows: int) -> bytes:
+    """The text of a (gzip or plain) file, refused beyond ``max_rows`` rows of :data:`ROW_BYTES`.
+
+    Only regular files are opened (a FIFO or device would block or never end),
+    and without blocking (``O_NONBLOCK``, checked again on the open file);
+    decompression stops at the bound, so a gzip bomb costs at most that much
+    memory.  Raises ``OSError``, ``EOFError`` or ``zlib.error`` for unreadable
+    or corrupt files (the caller names the file).
+    """
+    limit = int(max_rows) * ROW_BYTES + 65536
+    st = os.stat(path)
+    if not stat.S_ISREG(st.st_mode):
+        raise _not_regular(path, st.st_mode)
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    flags |= getattr(os, "O_BINARY", 0)
+    with os.fdopen(os.open(path, flags), "rb") as fh:
+        st = os.fstat(fh.fileno())  # the file opened, not the name checked
+        if not stat.S_ISREG(st.st_mode):
+            raise _not_regular(path, st.st_mode)
+        head = fh.read(2)
+        packed = head == b"\x1f\x8b"
+        if packed:
+            fh.seek(0)
+            with gzip.GzipFile(fileobj=fh, mode="rb") as gz:
+                raw = gz.read(limit + 1)
+        else:
+            raw = head + fh.read(limit + 1 - len(head))
+    if len(raw) > limit:
+        kind = "decompressed" if packed else "plain"
+        raise TemplateError(
+            f"{path} holds more than {limit / 1e6:.3g} MB of text ({kind}), beyond {max_rows} "
+            "rows of a BOSZ file of its kind, so it is not read: it is not a BOSZ file, or is "
+            "damaged; download it again (or remove it)"
+        )
+    return raw
+
+
+def _max_rows(path, nrows: int | None) -> int:
+    """Rows a BOSZ file may hold: ``nrows`` when known, else from its name (see :data:`UNKNOWN_ROWS`)."""
+    if nrows is not None:
+        return int(nrows)
+    match = _NAME_RE.fullmatch(os.path.basename(os.fspath(path)))
+    if match and match["kind"] == "resam" and match["resolution"] != "orig":
+        return 2 * _RESAM_ROWS_PER_R * int(match["resolution"])  # twice the archive's grid
+    return UNKNOWN_ROWS
 
 
 def read_bosz_table(
@@ -85,15 +167,15 @@ def read_bosz_table(
     ------
     TemplateError
         Naming the file, if it cannot be read, is truncated (gzip stream or
-        rows) or has the wrong shape.
+        rows) or has the wrong shape; if it is not a regular file (a FIFO or
+        device, never opened); if it holds more text than ``nrows`` rows (or,
+        without ``nrows``, a file of its kind) can (:data:`ROW_BYTES` per row),
+        decompression stopping there.
     """
     try:
-        with open(path, "rb") as fh:
-            raw = fh.read()
-        if raw[:2] == b"\x1f\x8b":
-            raw = gzip.decompress(raw)
+        raw = _read_bounded(path, _max_rows(path, nrows))
     except (OSError, EOFError, zlib.error) as exc:
-        raise TemplateError(f"cannot read {path}: {exc}; {_fix_hint(path)}") from exc
+        raise TemplateError(f"cannot read {path}: {_reason(exc)}; {_fix_hint(path)}") from exc
     raw = raw.rstrip()
     total = raw.count(b"\n") + 1 if raw else 0
     if total == 0:
@@ -125,13 +207,25 @@ def read_bosz_table(
     return table
 
 
+def _reason(exc: BaseException) -> str:
+    """One line for an error (``OSError`` s without their repeated file name)."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
 def _read_wave_grid(path) -> np.ndarray:
     """The one-column wavelength-grid file of a ``resam`` grid (small; read at open)."""
+    match = _WAVE_RE.fullmatch(os.path.basename(os.fspath(path)))
+    rows = 2 * _RESAM_ROWS_PER_R * int(match["resolution"]) if match else UNKNOWN_ROWS
     try:
-        wave = np.loadtxt(path, usecols=0, ndmin=1, dtype=np.float64)
+        raw = _read_bounded(path, rows)
+        wave = np.loadtxt(io.BytesIO(raw), usecols=0, ndmin=1, dtype=np.float64)
     except (OSError, EOFError, zlib.error, ValueError) as exc:
+        if isinstance(exc, TemplateError):
+            raise
         raise TemplateError(
-            f"cannot read the wavelength grid {path}: {exc}; download it again"
+            f"cannot read the wavelength grid {path}: {_reason(exc)}; download it again"
         ) from exc
     if wave.size < 2 or not np.all(np.diff(wave) > 0):
         raise TemplateError(
@@ -186,23 +280,40 @@ def _scan(root: Path) -> tuple[list[tuple[str, dict]], dict[int, list[tuple[int,
     spectra: list[tuple[str, dict]] = []
     waves: dict[int, list[tuple[int, str]]] = collections.defaultdict(list)
     stack = [(os.fspath(root), 0)]
+    seen: set[tuple[int, int]] = set()  # folders by (device, inode): a linked loop is read once
     while stack:
         folder, depth = stack.pop()
         try:
+            st = os.stat(folder)
+            if (st.st_dev, st.st_ino) in seen:
+                continue
+            seen.add((st.st_dev, st.st_ino))
             entries = list(os.scandir(folder))
         except OSError as exc:
-            raise TemplateError(f"cannot list the template folder {folder}: {exc}") from exc
+            raise TemplateError(
+                f"cannot list the template folder {folder}: {_reason(exc)}; fix or remove it"
+            ) from exc
         for entry in entries:
             name = entry.name
             if name.startswith("."):
                 continue  # temporary files of an interrupted download or write
-            if entry.is_dir():
+            spectrum, wave = _NAME_RE.fullmatch(name), _WAVE_RE.fullmatch(name)
+            try:
+                is_dir = entry.is_dir()
+                if (spectrum or wave) and not is_dir and not entry.is_file():
+                    raise _not_regular(entry.path, entry.stat().st_mode)
+            except OSError as exc:  # a symbolic-link loop, a link to nowhere, no permission
+                raise TemplateError(
+                    f"cannot use {entry.path} in the template folder: {_reason(exc)} (a "
+                    "symbolic-link loop or a broken link?); remove or fix it"
+                ) from exc
+            if is_dir:
                 if depth < _SCAN_DEPTH:
                     stack.append((entry.path, depth + 1))
-            elif match := _NAME_RE.fullmatch(name):
-                spectra.append((entry.path, _params_from_match(match)))
-            elif match := _WAVE_RE.fullmatch(name):
-                waves[int(match["resolution"])].append((depth, entry.path))
+            elif spectrum:
+                spectra.append((entry.path, _params_from_match(spectrum)))
+            elif wave:
+                waves[int(wave["resolution"])].append((depth, entry.path))
     return spectra, waves
 
 
@@ -450,6 +561,19 @@ def open_grid(
     >>> grid.sel(teff=5750, logg=4.5, mh=0.0, alpha=0.0).compute()  # doctest: +SKIP
     """
     path = Path(path)
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        mode = None
+    except OSError as exc:  # e.g. a symbolic-link loop
+        raise TemplateError(
+            f"cannot use the template grid {path}: {_reason(exc)}; check the path (templates=)"
+        ) from exc
+    if mode is not None and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        raise TemplateError(
+            f"the template grid {path} is {_file_kind(mode)}: give a BOSZ folder or a cube "
+            "written by pack_bosz (.nc)"
+        )
     if path.is_file():
         if path.suffix.lower() in _PACKED_SUFFIXES:
             return _open_packed(
@@ -547,14 +671,68 @@ def open_grid(
 # ---------------------------------------------------------------------------
 
 
+def _packed_damaged(path, exc: BaseException) -> TemplateError:
+    return TemplateError(
+        f"cannot read the packed template cube {path} ({type(exc).__name__}: {_reason(exc)}): "
+        "it is damaged or truncated; pack it again with pack_bosz (overwrite=True)"
+    )
+
+
+class _PackedArray:
+    """A variable of a packed cube for :func:`dask.array.from_array`: a failed read of a
+    damaged file (netCDF4's ``NetCDF: HDF error``) becomes a :class:`TemplateError`
+    naming it.  Picklable (xarray's lazy file array is), for distributed workers."""
+
+    def __init__(self, variable: xr.Variable, path):
+        self.variable, self.path = variable, os.fspath(path)
+        self.shape, self.dtype, self.ndim = variable.shape, variable.dtype, variable.ndim
+
+    def __getitem__(self, key) -> np.ndarray:
+        try:
+            return np.asarray(self.variable[key].values)
+        except (OSError, RuntimeError) as exc:
+            raise _packed_damaged(self.path, exc) from exc
+
+
+def _packed_dask(ds: xr.Dataset, name: str, path: Path, grid_id: str) -> da.Array:
+    var = ds[name].variable
+    chunks = tuple(1 if d in PARAM_DIMS else n for d, n in zip(var.dims, var.shape, strict=True))
+    st = os.stat(path)
+    token = hashlib.sha256(
+        f"{os.fspath(path)}\0{st.st_size}\0{st.st_mtime_ns}\0{grid_id}".encode()
+    ).hexdigest()[:16]
+    return da.from_array(
+        _PackedArray(var, path),
+        chunks=chunks,
+        name=f"bosz-packed-{name}-{token}",
+        meta=np.empty((0,) * var.ndim, dtype=var.dtype),
+    )
+
+
 def _open_packed(path: Path, *, resolution, wave_range, carbon, vturb, atmosphere) -> xr.DataArray:
     """Open a cube written by :func:`pack_bosz` with the layout of :func:`open_bosz`."""
     try:
         ds = xr.open_dataset(path, engine="netcdf4", cache=False)  # lazy; no dask yet
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RuntimeError) as exc:
         raise TemplateError(
-            f"cannot open the packed template cube {path}: {exc}; pack it again with pack_bosz"
+            f"cannot open the packed template cube {path}: {_reason(exc)}; pack it again with "
+            "pack_bosz"
         ) from exc
+    try:
+        return _packed_grid(
+            ds,
+            path,
+            resolution=resolution,
+            wave_range=wave_range,
+            carbon=carbon,
+            vturb=vturb,
+            atmosphere=atmosphere,
+        )
+    except (OSError, RuntimeError) as exc:  # the coordinates are read now
+        raise _packed_damaged(path, exc) from exc
+
+
+def _packed_grid(ds, path, *, resolution, wave_range, carbon, vturb, atmosphere) -> xr.DataArray:
     missing = {"flux", "continuum", *_DIMS, "atm", "filename"} - set(ds.variables)
     if missing or ds["flux"].dims != _DIMS or "grid_id" not in ds.attrs:
         raise TemplateError(
@@ -587,15 +765,15 @@ def _open_packed(path: Path, *, resolution, wave_range, carbon, vturb, atmospher
         ds = ds.isel(wavelength=slice(start, stop))
         attrs["grid_id"] = _derived_id(attrs["grid_id"], f"rows {start}:{stop}")
     attrs["source"] = os.fspath(path)
-    # only flux and continuum become dask arrays (one chunk per node); the small
-    # per-node labels are read now
-    chunks = {**dict.fromkeys(PARAM_DIMS, 1), "wavelength": -1}
+    # only flux and continuum become dask arrays (one chunk per node, each read
+    # through _PackedArray); the small per-node labels are read now
     coords: dict[str, object] = {d: ds[d].variable for d in _DIMS}
     coords["atm"] = (PARAM_DIMS, ds["atm"].values.astype(str))
     coords["filename"] = (PARAM_DIMS, ds["filename"].values.astype(str))
-    coords["continuum"] = (_DIMS, ds["continuum"].variable.chunk(chunks).data, _continuum_attrs())
+    continuum = _packed_dask(ds, "continuum", path, attrs["grid_id"])
+    coords["continuum"] = (_DIMS, continuum, _continuum_attrs())
     return xr.DataArray(
-        ds["flux"].variable.chunk(chunks).data,
+        _packed_dask(ds, "flux", path, attrs["grid_id"]),
         dims=_DIMS,
         coords=coords,
         name="flux",

@@ -9,25 +9,36 @@ their synthetic magnitudes, a binned copy for ranking templates and that
 copy's running integrals are computed alongside.  :class:`PreparedTemplates`
 holds all of it; :func:`prepare_templates` builds one or takes it from the
 cache (disk, and the last two in memory).
+
+A cache entry is trusted only after two checks (see :func:`prepare_templates`):
+its ``inputs`` record (grid identity and coordinates, wavelengths, FWHM,
+``vmax``, ``oversample``, bands, code and format versions) must equal the
+caller's, and every array must match the SHA-256 recorded when it was
+written, with ``meta.json`` itself under a digest.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import json
 import os
 import shutil
 import threading
 import uuid
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import numpy as np
 import xarray as xr
 
 from .._base.bands import COLOR_PAIRS, KNOWN_BANDS, band_range, filter_curve
-from .._base.errors import CalibrationError, TemplateError
+from .._base.errors import CalibrationError, KspecWarning, TemplateError
 from .._base.paths import cache_dir
 from ..kernels.photometry import band_weights, color_pair_indices, mags_from_weights
 from ..kernels.resample import (
@@ -46,12 +57,16 @@ __all__ = [
     "prepare_templates",
     "fwhm_at",
     "PREPARE_VERSION",
+    "CACHE_FORMAT",
     "CACHE_KEPT",
     "MEMORY_KEPT",
 ]
 
 #: bump when the prepared product changes, so old cache entries are not reused
 PREPARE_VERSION = 5
+
+#: bump when the layout of a saved grid (``meta.json``, its integrity record) changes
+CACHE_FORMAT = 2
 
 #: prepared grids kept in a cache folder (the most recently used; ~150 MB each
 #: for the 572-template stand-in grid on a 4096-pixel setup)
@@ -115,6 +130,16 @@ _PARAMS = ("teff", "logg", "mh")
 _MAPPED = ("flux", "continuum")
 
 
+class _UnusableGrid(TemplateError):
+    """A saved grid that cannot be used; ``problem`` is the message without the advice."""
+
+    def __init__(self, problem: str):
+        super().__init__(
+            f"{problem}; prepare the grid again (kx.prepare_templates) or delete the folder"
+        )
+        self.problem = problem
+
+
 class PreparedTemplates:
     """A template grid prepared for one instrument setup (wavelength grid and FWHM).
 
@@ -144,6 +169,8 @@ class PreparedTemplates:
         self.attrs = dict(attrs)
         self._lock = threading.Lock()
         self._inputs: dict[float, dict] = {}
+        #: what :func:`prepare_templates` built it from (its cache key's record), or None
+        self._cache_inputs: dict | None = None
 
     # -- building, saving, opening ------------------------------------------
 
@@ -160,63 +187,123 @@ class PreparedTemplates:
         """Write the grid as a folder (``.npy`` arrays and ``meta.json``), atomically.
 
         The arrays go into a temporary folder beside ``folder`` that is renamed
-        into place; an existing ``folder`` is replaced.
+        into place; an existing ``folder`` is replaced.  ``meta.json`` records
+        the SHA-256 of every array and a digest of itself, which :meth:`open`
+        checks.
+
+        Raises
+        ------
+        OSError
+            The folder cannot be written (read-only, disk full); nothing is
+            left behind.
         """
         folder = Path(folder)
         folder.parent.mkdir(parents=True, exist_ok=True)
         tmp = folder.with_name(f".{folder.name}.{uuid.uuid4().hex[:8]}.tmp")
         tmp.mkdir()
         try:
-            for name, array in self._arrays.items():
-                np.save(tmp / f"{name}.npy", np.asarray(array), allow_pickle=False)
+            arrays = {name: np.asarray(array) for name, array in self._arrays.items()}
+            for name, array in arrays.items():
+                np.save(tmp / f"{name}.npy", array, allow_pickle=False)
             meta = {
                 "prepare_version": PREPARE_VERSION,
+                "cache_format": CACHE_FORMAT,
                 "bands": list(self.bands),
                 "atm": self.atm.tolist(),
                 "attrs": self.attrs,
-                "shapes": {k: list(np.shape(v)) for k, v in self._arrays.items()},
+                "shapes": {k: list(np.shape(v)) for k, v in arrays.items()},
+                "arrays": {
+                    k: {"dtype": v.dtype.str, "sha256": h}
+                    for (k, v), h in zip(arrays.items(), _hash_arrays(arrays.values()), strict=True)
+                },
+                "inputs": self._cache_inputs,
             }
-            (tmp / "meta.json").write_text(json.dumps(meta))
-            if folder.exists():
-                shutil.rmtree(folder)
+            meta["digest"] = _meta_digest(meta)
+            with open(tmp / "meta.json", "w") as fh:
+                json.dump(meta, fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+            if folder.exists():  # moved aside first: readers never see it half deleted
+                _discard(folder)
             os.replace(tmp, folder)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return folder
 
     @classmethod
-    def open(cls, folder: str | os.PathLike) -> PreparedTemplates:
+    def open(cls, folder: str | os.PathLike, *, verify: bool = True) -> PreparedTemplates:
         """A grid written by :meth:`save`.
+
+        Parameters
+        ----------
+        folder : str or path-like
+            The folder :meth:`save` wrote.
+        verify : bool, default True
+            Check every array against the SHA-256 recorded in ``meta.json``
+            (this reads the memory-mapped templates once: about 0.05 s per
+            100 MB).  ``meta.json``'s own digest, the shapes and the dtypes
+            are always checked.
 
         Raises
         ------
         TemplateError
-            The folder is not a complete prepared grid of this version.
+            The folder is not a complete, undamaged prepared grid of this
+            version (naming the file at fault).
         """
         folder = Path(folder)
+        bad = _UnusableGrid
         try:
             meta = json.loads((folder / "meta.json").read_text())
             if meta.get("prepare_version") != PREPARE_VERSION:
-                raise TemplateError(
+                raise bad(
                     f"{folder} was prepared by another version of kspec_xr "
                     f"({meta.get('prepare_version')}, this one makes {PREPARE_VERSION})"
                 )
+            if meta.get("cache_format") != CACHE_FORMAT or "digest" not in meta:
+                raise bad(
+                    f"{folder} has no integrity record of this kspec_xr (format "
+                    f"{meta.get('cache_format', 1)}, this one writes {CACHE_FORMAT})"
+                )
+            if _meta_digest(meta) != meta["digest"]:
+                raise bad(f"{folder / 'meta.json'} does not match its digest (edited or damaged)")
             arrays = {}
             for name in _ARRAYS:
                 # the full-resolution templates stay on disk, memory-mapped: a star's
                 # final model reads a few of them (the cache's files are never
                 # changed in place: a new grid is a new folder, renamed into place)
                 path = folder / f"{name}.npy"
-                if name in _MAPPED:
-                    array = np.load(path, mmap_mode="r", allow_pickle=False)
-                else:
-                    array = np.load(path, allow_pickle=False)
-                if list(array.shape) != meta["shapes"][name]:
-                    raise TemplateError(f"{folder}/{name}.npy has shape {array.shape}")
+                try:
+                    if name in _MAPPED:
+                        array = np.load(path, mmap_mode="r", allow_pickle=False)
+                    else:
+                        array = np.load(path, allow_pickle=False)
+                except (ValueError, EOFError, OSError) as err:
+                    why = getattr(err, "strerror", None) or str(err).split(". ")[0]
+                    raise bad(f"{path} is not a readable .npy array ({why})") from err
+                want = meta["arrays"][name]
+                if list(array.shape) != meta["shapes"][name] or array.dtype.str != want["dtype"]:
+                    raise bad(
+                        f"{path} holds {array.dtype.str}{list(array.shape)} where meta.json "
+                        f"records {want['dtype']}{meta['shapes'][name]}"
+                    )
                 arrays[name] = array
-        except (OSError, ValueError, KeyError, TypeError) as err:
-            raise TemplateError(f"{folder} is not a complete prepared grid ({err})") from err
-        return cls(arrays, bands=meta["bands"], atm=meta["atm"], attrs=meta["attrs"])
+            if verify:
+                hashes = _hash_arrays(arrays.values())
+                for name, digest in zip(arrays, hashes, strict=True):
+                    if digest != meta["arrays"][name]["sha256"]:
+                        raise bad(
+                            f"{folder / (name + '.npy')} does not match its SHA-256 in "
+                            "meta.json (damaged or changed after it was written)"
+                        )
+            prepared = cls(arrays, bands=meta["bands"], atm=meta["atm"], attrs=meta["attrs"])
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, EOFError) as err:
+            if isinstance(err, _UnusableGrid):
+                raise
+            raise bad(
+                f"{folder} is not a complete prepared grid ({type(err).__name__}: {err})"
+            ) from err
+        prepared._cache_inputs = meta.get("inputs")
+        return prepared
 
     # -- what it holds -------------------------------------------------------
 
@@ -375,7 +462,67 @@ def _check_wavelength(wavelength) -> np.ndarray:
     return wave
 
 
-def _cache_key(grid: xr.DataArray, wavelength, fwhm, vmax, oversample) -> str:
+@functools.lru_cache(maxsize=1)
+def _code_version() -> str:
+    try:
+        return version("kspec_xr")
+    except PackageNotFoundError:  # pragma: no cover - running from a source tree
+        return "0+unknown"
+
+
+def _hash_floats(values) -> str:
+    return hashlib.sha256(np.ascontiguousarray(values, dtype="<f8").tobytes()).hexdigest()
+
+
+def _hash_array(array: np.ndarray) -> str:
+    """SHA-256 of an array's dtype, shape and bytes (a memory map is read once)."""
+    a = np.ascontiguousarray(array)
+    digest = hashlib.sha256(f"{a.dtype.str}{list(a.shape)}".encode())
+    digest.update(a.reshape(-1).view(np.uint8).data)
+    return digest.hexdigest()
+
+
+def _hash_arrays(arrays) -> list[str]:
+    """:func:`_hash_array` of each, two at a time (hashlib releases the GIL)."""
+    arrays = list(arrays)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        return list(pool.map(_hash_array, arrays))
+
+
+def _meta_digest(meta: dict) -> str:
+    body = {k: v for k, v in meta.items() if k != "digest"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def _grid_coords_hash(grid: xr.DataArray) -> str:
+    """Hash of the grid's dims and in-memory coordinates: tells a subset (``sel``) from the grid."""
+    digest = hashlib.sha256(json.dumps([list(grid.dims), list(grid.shape)]).encode())
+    for name in sorted(str(n) for n in grid.coords):
+        coord = grid.coords[name]
+        if coord.chunks is not None:  # the lazy continuum: covered by grid_id
+            continue
+        values = np.ascontiguousarray(coord.values)
+        if values.dtype.kind == "O":
+            values = values.astype(str)
+        digest.update(f"{name}{coord.dims}{values.dtype.str}{values.shape}".encode())
+        digest.update(values.reshape(-1).view(np.uint8).data)
+    return digest.hexdigest()
+
+
+def _source_stamp(grid: xr.DataArray) -> list | None:
+    """Size and mtime of a packed cube (its ``grid_id`` names its source, not the cube file)."""
+    source = grid.attrs.get("source")
+    if not source:
+        return None
+    try:
+        st = os.stat(source)
+    except (OSError, TypeError, ValueError):
+        return None
+    return [st.st_size, st.st_mtime_ns] if os.path.isfile(source) else None
+
+
+def _cache_inputs(grid: xr.DataArray, wavelength, fwhm, vmax, oversample) -> dict:
+    """Everything a prepared grid is made from: the record its cache key hashes."""
     grid_id = grid.attrs.get("grid_id")
     if not grid_id:
         raise TemplateError(
@@ -383,13 +530,28 @@ def _cache_key(grid: xr.DataArray, wavelength, fwhm, vmax, oversample) -> str:
             "cached; open it with kx.open_bosz(...) or set grid.attrs['grid_id'] to a "
             "string that identifies its content, or pass cache=False"
         )
-    h = hashlib.sha256()
-    # the bands are part of the key: a grid prepared before a band was known lacks its mags
-    key = [PREPARE_VERSION, str(grid_id), float(vmax), int(oversample), list(KNOWN_BANDS)]
-    h.update(json.dumps(key).encode())
-    h.update(np.ascontiguousarray(wavelength, dtype="<f8").tobytes())
-    h.update(np.ascontiguousarray(fwhm, dtype="<f8").tobytes())
-    return h.hexdigest()[:24]
+    wave = np.asarray(wavelength, dtype=float)
+    return {
+        "cache_format": CACHE_FORMAT,
+        "prepare_version": PREPARE_VERSION,
+        "kspec_xr": _code_version(),
+        # grid_id hashes the grid's file names, sizes and mtimes (bosz._grid_id)
+        "grid_id": str(grid_id),
+        "grid_file": _source_stamp(grid),
+        "grid_coords": _grid_coords_hash(grid),
+        # the bands are part of the key: a grid prepared before a band was known lacks its mags
+        "bands": list(KNOWN_BANDS),
+        "vmax": float(vmax),
+        "oversample": int(oversample),
+        "n_wavelength": int(wave.size),
+        "wavelength_range": [float(wave[0]), float(wave[-1])],
+        "wavelength": _hash_floats(wave),
+        "fwhm": _hash_floats(fwhm),
+    }
+
+
+def _cache_key(inputs: dict) -> str:
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:24]
 
 
 def _stack_templates(grid: xr.DataArray) -> xr.DataArray:
@@ -558,10 +720,13 @@ def prepare_templates(
         ``True``: use the user cache folder; a path: use that folder;
         ``False``: always rebuild and never write.  A cached grid is a folder
         ``prepared-<key>`` of ``.npy`` arrays and ``meta.json``, keyed by
-        the grid's identity, the bands, the exposure's wavelengths, the FWHM,
-        ``vmax`` and ``oversample``; the 12 most recently used are kept.  The
-        last two grids used are also kept in memory (one small cache with a
-        lock, :data:`MEMORY_KEPT`), so a batch worker prepares a setup once.
+        the grid's identity (``grid_id``: its files' names, sizes and
+        mtimes; a packed cube's own size and mtime; its coordinates), the
+        bands, the exposure's wavelengths, the FWHM, ``vmax``,
+        ``oversample`` and the kspec_xr and cache-format versions; the 12
+        most recently used are kept.  The last two grids used are also kept
+        in memory (one small cache with a lock, :data:`MEMORY_KEPT`), so a
+        batch worker prepares a setup once.
 
     Returns
     -------
@@ -577,8 +742,22 @@ def prepare_templates(
         The grid does not cover the exposure (with margins), is sharper than
         the instrument, or lacks a continuum or an identity for the cache.
 
+    Warns
+    -----
+    KspecWarning
+        A cache entry that is damaged, unreadable, of another format or made
+        from other inputs (e.g. a copy of another setup's entry): it is
+        deleted and the grid prepared again, never used.  A cache that
+        cannot be written (read-only folder, disk full): the grid is used
+        without being cached (kept in memory for this process).
+
     Notes
     -----
+    An entry is used only if its recorded inputs equal this call's and
+    every array matches the SHA-256 recorded when it was written (with a
+    digest over ``meta.json``); checking costs a read of the entry (~0.05 s
+    per 100 MB), small next to preparing it (seconds).
+
     Smoothing kernel: Gaussian with σ(λ) = sqrt(FWHM_inst(λ)² − (λ/R_grid)²)
     / 2.3548, integrated exactly over source and target bins
     (:func:`kspec_xr.resample.resample_matrix`); one sparse operator is
@@ -593,87 +772,166 @@ def prepare_templates(
     fwhm_pix = fwhm_at(fwhm, wave)
     if cache is False:
         return _build(grid, wave, fwhm_pix, vmax=vmax, oversample=oversample)
-    folder = cache_dir("prepared") if cache is True else Path(cache)
-    key = _cache_key(grid, wave, fwhm_pix, vmax, oversample)
-    path = Path(folder) / f"prepared-{key}"
+    inputs = _cache_inputs(grid, wave, fwhm_pix, vmax, oversample)
+    key = _cache_key(inputs)
+    folder: Path | None
+    reason: str | None
+    try:
+        folder = cache_dir("prepared") if cache is True else Path(cache)
+    except OSError as err:  # e.g. a read-only home: no cache folder can be made
+        folder = None
+        path = Path(f"prepared-{key}")
+        reason = f"cannot make the prepared-grid cache folder ({err})"
+    else:
+        path = folder / f"prepared-{key}"
+        reason = None
     hit = _MEMORY.get(path)
     if hit is not None:
         return hit
-    if path.exists():
+    if folder is not None and path.exists():
         try:
-            prepared = PreparedTemplates.open(path)
-        except TemplateError:  # a damaged entry is rebuilt, never trusted
-            shutil.rmtree(path, ignore_errors=True)
+            prepared = _open_entry(path, inputs)
+        except _UnusableGrid as err:  # a damaged or foreign entry is rebuilt, never trusted
+            _warn(
+                f"not using a cached prepared grid: {err.problem}; deleting it and preparing again"
+            )
+            _discard(path)
         else:
-            os.utime(path / "meta.json")  # "recently used", for _prune
+            with contextlib.suppress(OSError):
+                os.utime(path / "meta.json")  # "recently used", for _prune
             return _MEMORY.put(path, prepared)
     prepared = _build(grid, wave, fwhm_pix, vmax=vmax, oversample=oversample)
     prepared.attrs["cache_key"] = path.name
-    prepared.save(path)
-    _prune(path.parent, keep=CACHE_KEPT)
-    return _MEMORY.put(path, PreparedTemplates.open(path))
+    prepared._cache_inputs = json.loads(json.dumps(inputs))
+    if folder is not None:
+        try:
+            prepared.save(path)
+        except OSError as err:
+            reason = f"cannot write the prepared-grid cache entry {path} ({err})"
+            with contextlib.suppress(TemplateError):  # another process wrote it meanwhile?
+                return _MEMORY.put(path, _open_entry(path, inputs))
+        else:
+            with contextlib.suppress(OSError):
+                _prune(path.parent, keep=CACHE_KEPT)
+            try:
+                return _MEMORY.put(path, PreparedTemplates.open(path))
+            except TemplateError as err:  # pragma: no cover - damaged as it was written
+                reason = str(err)
+    _warn(
+        f"{reason}; using the prepared grid without the cache (set KSPEC_XR_CACHE or "
+        "cache= to a writable folder, or pass cache=False to silence this)"
+    )
+    return _MEMORY.put(path, prepared, built=True)
+
+
+def _warn(message: str) -> None:
+    # stacklevel 3: the caller of prepare_templates
+    warnings.warn(f"kspec_xr: {message}", KspecWarning, stacklevel=3)
+
+
+def _open_entry(path: Path, inputs: dict) -> PreparedTemplates:
+    """The verified cache entry at ``path``, if it was made from ``inputs``."""
+    prepared = PreparedTemplates.open(path)
+    stored = prepared._cache_inputs
+    expected = json.loads(json.dumps(inputs))
+    if stored != expected:
+        differ = sorted(
+            k for k in {*expected, *(stored or {})} if (stored or {}).get(k) != expected.get(k)
+        )
+        raise _UnusableGrid(
+            f"{path} was prepared from other inputs (differing in {', '.join(differ)}): it is "
+            "not this grid and setup's cache entry (copied or renamed?)"
+        )
+    return prepared
+
+
+def _discard(path: Path) -> None:
+    """Remove a cache folder: renamed aside first, so no reader sees it half deleted."""
+    aside = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.old")
+    try:
+        os.rename(path, aside)
+    except OSError:
+        aside = path
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def _prune(folder: Path, *, keep: int) -> None:
     """Delete all but the ``keep`` most recently used prepared grids in ``folder``.
 
-    Grids of other ``PREPARE_VERSION`` s (and the ``prepared-*.nc`` files of
-    the first versions) go too: no key of this version can reach them.
+    Grids of other ``PREPARE_VERSION`` s or :data:`CACHE_FORMAT` s (and the
+    ``prepared-*.nc`` files of the first versions) go too: no key of this
+    version can reach them.
     """
     for stale in folder.glob("prepared-*.nc"):
         stale.unlink(missing_ok=True)
     entries = []
     for entry in folder.glob("prepared-*"):
-        if not (entry / "meta.json").is_file():
-            continue
         try:
-            version = json.loads((entry / "meta.json").read_text()).get("prepare_version")
-        except (OSError, ValueError):
-            version = None
-        if version == PREPARE_VERSION:
-            entries.append(entry)
+            meta = json.loads((entry / "meta.json").read_text())
+            used = (entry / "meta.json").stat().st_mtime
+            current = (meta.get("prepare_version"), meta.get("cache_format")) == (
+                PREPARE_VERSION,
+                CACHE_FORMAT,
+            )
+        except FileNotFoundError:
+            continue  # not a prepared grid, or removed by another process meanwhile
+        except (OSError, ValueError, AttributeError):
+            current = False
+        if current:
+            entries.append((used, entry))
         else:
             shutil.rmtree(entry, ignore_errors=True)
-    entries.sort(key=lambda p: (p / "meta.json").stat().st_mtime, reverse=True)
-    for old in entries[keep:]:
+    entries.sort(reverse=True)
+    for _, old in entries[keep:]:
         shutil.rmtree(old, ignore_errors=True)
 
 
 class _MemoryCache:
     """The last few prepared grids this process used, by cache folder (thread-safe).
 
-    An entry is valid while every file of its folder keeps the size and mtime
-    it had when it was opened: a replaced, damaged or removed folder is
-    opened again.
+    An entry opened from disk is valid while every file of its folder keeps
+    the inode, size, mtime and ctime it had when it was opened (``meta.json``:
+    inode and size; :func:`prepare_templates` touches its mtime): a replaced,
+    damaged or removed folder is opened (and verified) again.  A grid that
+    could not be written to the cache (``built=True``) stays valid: it is the
+    one this process built.
     """
 
     def __init__(self, kept: int):
         self._kept = kept
         self._lock = threading.Lock()
-        self._entries: OrderedDict[Path, tuple[tuple, PreparedTemplates]] = OrderedDict()
+        self._entries: OrderedDict[Path, tuple[tuple | None, PreparedTemplates]] = OrderedDict()
 
     @staticmethod
     def _stamp(path: Path) -> tuple | None:
         try:
-            return tuple(
-                (f.name, f.stat().st_mtime_ns, f.stat().st_size) for f in sorted(path.iterdir())
-            )
+            stamp: list[tuple] = []
+            for f in sorted(path.iterdir()):
+                st = f.stat()
+                if f.name == "meta.json":
+                    stamp.append((f.name, st.st_ino, st.st_size))
+                else:
+                    stamp.append((f.name, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
+            return tuple(stamp)
         except OSError:
             return None
 
     def get(self, path: Path) -> PreparedTemplates | None:
-        stamp = self._stamp(path)
         with self._lock:
             entry = self._entries.get(path)
-            if entry is None or stamp is None or entry[0] != stamp:
-                return None
-            self._entries.move_to_end(path)
-            return entry[1]
-
-    def put(self, path: Path, prepared: PreparedTemplates) -> PreparedTemplates:
-        stamp = self._stamp(path)
+        if entry is None:
+            return None
+        if entry[0] is not None and self._stamp(path) != entry[0]:
+            return None
         with self._lock:
-            if stamp is not None:
+            if path in self._entries:
+                self._entries.move_to_end(path)
+        return entry[1]
+
+    def put(self, path: Path, prepared: PreparedTemplates, *, built: bool = False):
+        stamp = None if built else self._stamp(path)
+        with self._lock:
+            if built or stamp is not None:
                 self._entries[path] = (stamp, prepared)
                 self._entries.move_to_end(path)
             while len(self._entries) > self._kept:

@@ -25,6 +25,8 @@ falling temperature.
 
 from __future__ import annotations
 
+import ast
+import contextlib
 import functools
 import gzip
 import hashlib
@@ -32,7 +34,9 @@ import json
 import logging
 import os
 import shutil
+import time
 import uuid
+import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -41,8 +45,15 @@ from typing import Any
 import numpy as np
 from scipy.special import expit, voigt_profile
 
+from .._base.errors import KspecWarning
 from .._base.paths import atomic_output, cache_dir
+from . import _names
 from ._names import STANDIN_MARKER, bosz_atmosphere, bosz_folder, bosz_name, wave_grid_name
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: no flock, the age rule alone
+    fcntl = None  # type: ignore[assignment]
 
 log = logging.getLogger(__name__)
 
@@ -508,90 +519,405 @@ def write_standin_grid(
 # the cached default grid
 # ---------------------------------------------------------------------------
 
-_BUILT: dict[str, Path] = {}
+#: files of a stand-in grid folder that are not part of the grid itself
+_COMPLETE, _MANIFEST, _IN_USE = "COMPLETE", "MANIFEST.json", "IN_USE"
+_CONTROL = frozenset({_COMPLETE, _MANIFEST, _IN_USE})
+#: a grid of another generator version is deleted only once unused this long (s) ...
+UNUSED_BEFORE_REMOVAL = 86400.0
+#: ... or, for a grid of a kspec_xr that did not record its use, this long (s)
+LEGACY_UNUSED_BEFORE_REMOVAL = 7 * 86400.0
+_TOUCH_EVERY = 3600.0  # s between two "last used" stamps of one grid by one process
+
+
+class _InUse:
+    """This process's use of one stand-in grid folder.
+
+    Holds a shared ``flock`` on the folder's ``IN_USE`` file for the life of
+    the process (a remover needs an exclusive one) and stamps its mtime as
+    the grid's "last used" time; ``snapshot`` is the names, sizes and
+    mtimes of the files last verified.
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.snapshot: dict[str, tuple[int, int]] | None = None
+        self.touched = -np.inf
+        self._file = None
+
+    def hold(self) -> bool:
+        """Take (or keep) the shared lock and stamp the use (at most hourly).
+
+        False if the folder went away meanwhile (removed or replaced as damaged
+        by another process): the caller looks again.
+        """
+        stamp = self.path / _IN_USE
+        try:
+            if self._file is None or not os.path.samestat(
+                os.fstat(self._file.fileno()), os.stat(stamp)
+            ):
+                self.release()
+                self._file = _lock_file(stamp, exclusive=False, create=True)
+                # a remover renames the folder away while it holds the lock
+                if self._file is not None and not os.path.samestat(
+                    os.fstat(self._file.fileno()), os.stat(stamp)
+                ):
+                    self.release()
+                    return False
+        except FileNotFoundError:
+            self.release()
+            return (self.path / _COMPLETE).exists()
+        except OSError:  # e.g. a read-only cache without the stamp: use it unlocked
+            self.release()
+        now = time.time()
+        if now - self.touched >= _TOUCH_EVERY:
+            self.touched = now
+            with contextlib.suppress(OSError):
+                os.utime(stamp)  # a read-only shared cache: use is not recorded
+            with contextlib.suppress(OSError):
+                _remove_older_versions(self.path.parent, self.path)
+        return True
+
+    def release(self) -> None:
+        if self._file is not None:
+            with contextlib.suppress(OSError):
+                self._file.close()
+        self._file = None
+
+
+#: the grids this process uses, by cache key
+_BUILT: dict[str, _InUse] = {}
+
+
+def _lock_file(path: Path, *, exclusive: bool, create: bool = False):
+    """``path`` opened and ``flock``-ed, or None if another process holds the lock.
+
+    Raises ``OSError`` (``FileNotFoundError`` without ``create``) if it cannot be opened.
+    """
+    try:
+        fh = open(path, "a+b" if create else "rb")  # noqa: SIM115 - held for the lock's life
+    except PermissionError:
+        fh = open(path, "rb")  # noqa: SIM115 - a read-only cache: a shared lock still works
+    if fcntl is None:  # pragma: no cover - no flock on this platform: ages decide alone
+        return fh
+    mode = (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB
+    for _ in range(1 if exclusive else 40):  # a remover holds its lock for a rename only
+        try:
+            fcntl.flock(fh.fileno(), mode)
+            return fh
+        except BlockingIOError:
+            if not exclusive:
+                time.sleep(0.05)
+        except OSError:  # pragma: no cover - no locks on this file system
+            return fh
+    fh.close()
+    return None
+
+
+@functools.lru_cache(maxsize=1)
+def _code_fingerprint() -> str:
+    """Hash of the code that shapes the stand-in files, without docstrings, comments or layout.
+
+    That is this module above its cache section (constants, physics, writer)
+    and the name scheme of ``_names``, imports left out: editing a docstring
+    or the cache code keeps the key (and the grid), changing a line list or
+    a number format makes a new grid.
+    """
+    digest = hashlib.sha256()
+    for module_file, stop in (
+        (Path(__file__), "# the cached default grid"),
+        (Path(_names.__file__), None),
+    ):
+        source = module_file.read_text()
+        last = source[: source.index(stop)].count("\n") + 1 if stop else None
+        for node in ast.parse(source).body:
+            if last is not None and node.lineno >= last:
+                break
+            if isinstance(node, ast.Import | ast.ImportFrom | ast.Try) or _is_docstring(node):
+                continue
+            if isinstance(node, ast.Assign) and any(
+                isinstance(t, ast.Name) and t.id in ("__all__", "log") for t in node.targets
+            ):
+                continue
+            for sub in ast.walk(node):
+                if isinstance(sub, ast.FunctionDef | ast.ClassDef) and _is_docstring(sub.body[0]):
+                    sub.body = sub.body[1:] or [ast.Pass()]
+            digest.update(ast.dump(node, annotate_fields=False).encode())
+    return digest.hexdigest()
+
+
+def _is_docstring(node) -> bool:
+    return (
+        isinstance(node, ast.Expr)
+        and isinstance(node.value, ast.Constant)
+        and isinstance(node.value.value, str)
+    )
 
 
 def _generator_key(resolution: int) -> str:
-    """Hash of everything that shapes the default grid: this module's code and parameters."""
-    spec = json.dumps({"grid": DEFAULT_GRID, "resolution": int(resolution)}, sort_keys=True)
-    digest = hashlib.sha256(Path(__file__).read_bytes())
-    digest.update(spec.encode())
-    return digest.hexdigest()[:12]
+    """Hash of everything that shapes the default grid: the generator's code and parameters."""
+    spec = json.dumps(
+        {"grid": DEFAULT_GRID, "resolution": int(resolution), "code": _code_fingerprint()},
+        sort_keys=True,
+    )
+    return hashlib.sha256(spec.encode()).hexdigest()[:12]
 
 
-def standin_grid_path(*, resolution: int = 10000) -> Path:
+def _grid_files(root: Path) -> dict[str, tuple[int, int]]:
+    """Relative path -> (size, mtime_ns) of every file of a grid folder (not the control files)."""
+    out: dict[str, tuple[int, int]] = {}
+    stack = [root]
+    while stack:
+        folder = stack.pop()
+        for entry in os.scandir(folder):
+            if entry.name.startswith(".") or (folder == root and entry.name in _CONTROL):
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                stack.append(Path(entry.path))
+            else:
+                st = entry.stat(follow_symlinks=False)
+                out[Path(entry.path).relative_to(root).as_posix()] = (st.st_size, st.st_mtime_ns)
+    return out
+
+
+def _file_hash(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _write_manifest(root: Path, key: str) -> None:
+    """``MANIFEST.json`` (size, mtime and SHA-256 of every file), then ``COMPLETE`` naming it."""
+    files = _grid_files(root)
+    manifest = {
+        "key": key,
+        "files": {
+            rel: [size, mtime, _file_hash(root / rel)]
+            for rel, (size, mtime) in sorted(files.items())
+        },
+    }
+    text = json.dumps(manifest, indent=0, sort_keys=True)
+    (root / _MANIFEST).write_text(text)
+    (root / _COMPLETE).write_text(f"{key}\n{hashlib.sha256(text.encode()).hexdigest()}\n")
+    (root / _IN_USE).touch()
+
+
+def _check_grid(root: Path, key: str, use: _InUse, *, full: bool) -> str | None:
+    """What is wrong with a complete grid folder, or None.
+
+    Always compares the names and sizes of its files with its manifest (~1 ms
+    for the default grid); hashes the files whose mtime moved since they were
+    last verified, or every file with ``full``.
+    """
+    try:
+        complete = (root / _COMPLETE).read_text().split()
+        text = (root / _MANIFEST).read_text()
+        manifest = json.loads(text)
+        listed = {rel: tuple(v) for rel, v in manifest["files"].items()}
+        found = _grid_files(root)
+    except FileNotFoundError as err:
+        return f"{Path(err.filename or '?').name} is missing"
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+        return f"its manifest cannot be read ({err})"
+    if complete[:1] != [key] or manifest.get("key") != key:
+        return "it was made under another key"
+    if complete[1:2] != [hashlib.sha256(text.encode()).hexdigest()]:
+        return f"{_MANIFEST} does not match {_COMPLETE}"
+    if set(found) != set(listed):
+        missing, extra = sorted(set(listed) - set(found)), sorted(set(found) - set(listed))
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} file(s) missing, e.g. {missing[0]}")
+        if extra:
+            parts.append(f"{len(extra)} unexpected file(s), e.g. {extra[0]}")
+        return "; ".join(parts)
+    for rel, (size, _) in found.items():
+        if size != listed[rel][0]:
+            return f"{rel} has {size} bytes, its manifest {listed[rel][0]}"
+    known = use.snapshot or {rel: (v[0], v[1]) for rel, v in listed.items()}
+    suspects = sorted(found) if full else sorted(r for r in found if found[r] != known.get(r))
+    for rel in suspects:
+        try:
+            same = _file_hash(root / rel) == listed[rel][2]
+        except OSError as err:
+            return f"{rel} cannot be read ({err})"
+        if not same:
+            return f"{rel} does not match its SHA-256 in {_MANIFEST}"
+    use.snapshot = found
+    return None
+
+
+def standin_grid_path(*, resolution: int = 10000, verify: bool = False) -> Path:
     """The bundled default template grid: a stand-in BOSZ archive, generated once.
 
     The grid (:data:`DEFAULT_GRID`: Teff 5000–8000 K in 250 K steps, log g
     3.5–5.0, [M/H] −2 … +0.5, [α/M] = 0, 2950–11500 Å) is written on first use
     into ``kspec_xr._paths.cache_dir()/standin-<key>``, where ``<key>`` hashes
-    this module's source and the grid parameters, so a change of the generator
-    builds a new grid.
+    the grid parameters and the code that makes the files (this module's
+    physics and writer, and the BOSZ name scheme, without docstrings or
+    comments), so a change of the generator builds a new grid.
 
     Parameters
     ----------
     resolution : int, default 10000
         Resolving power of the grid.
+    verify : bool, default False
+        Check the SHA-256 of every file against the grid's manifest (~0.1 s
+        for the default grid), not only their names and sizes.
 
     Returns
     -------
     pathlib.Path
         Root of the grid in the archive layout, for :func:`kspec_xr.open_bosz`.
 
+    Warns
+    -----
+    KspecWarning
+        The grid is damaged (a file missing, added, of another size or, when
+        checked, another content): it is generated again, in place.
+
     Notes
     -----
     Generating the default grid (572 files, ~80 MB) takes about 15 s; one
-    line on standard error says so, and the grids of earlier generator
-    versions are then removed from the cache.  Safe when several processes ask at once:
-    each builds in its own temporary folder and renames it into place; a
-    process that loses the race discards its copy and uses the winner's.
+    line on standard error says so.  A ``MANIFEST.json`` (size, mtime and
+    SHA-256 of each file) is written with the ``COMPLETE`` marker.  Every
+    call compares the names and sizes of the files with it (~1 ms), and
+    hashes any file whose mtime moved.  Safe when several processes ask at
+    once: each builds in its own temporary folder and renames it into place;
+    a process that loses the race discards its copy and uses the winner's.
+
+    Grids of other generator versions are deleted only when no process
+    uses them: each process holds a shared ``flock`` on the grid's
+    ``IN_USE`` file and stamps its mtime (at most hourly) as long as it
+    runs, and a grid is removed only if an exclusive lock can be had and it
+    was last used more than :data:`UNUSED_BEFORE_REMOVAL` (a day) ago — the
+    age alone decides where ``flock`` does not reach (another machine on a
+    network file system).  A grid made by a kspec_xr that recorded no use
+    goes after :data:`LEGACY_UNUSED_BEFORE_REMOVAL` (a week).
     """
     resolution = int(resolution)
     key = f"standin-r{resolution}-{_generator_key(resolution)}"
-    if key in _BUILT and (_BUILT[key] / "COMPLETE").exists():
-        return _BUILT[key]
     root = cache_dir()
     final = root / key
-    if not (final / "COMPLETE").exists():
-        tmp = root / f".{key}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
-        log.warning("kspec_xr: generating the stand-in BOSZ grid (once) in %s", final)
-        try:
-            write_standin_grid(tmp, resolution=resolution, **DEFAULT_GRID)
-            (tmp / "COMPLETE").write_text(key + "\n")
-            _publish(tmp, final)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
+    use = _BUILT.get(key)
+    if use is None or use.path != final:
+        use = _BUILT[key] = _InUse(final)
+    problem = None
+    if (final / _COMPLETE).exists():
+        problem = _check_grid(final, key, use, full=verify)
+        if problem is None and use.hold():
+            return final
+    if problem is not None:
+        warnings.warn(
+            f"kspec_xr: the stand-in grid {final} is damaged ({problem}); generating it again",
+            KspecWarning,
+            stacklevel=2,
+        )
+    tmp = root / f".{key}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+    log.warning("kspec_xr: generating the stand-in BOSZ grid (once) in %s", final)
+    try:
+        write_standin_grid(tmp, resolution=resolution, **DEFAULT_GRID)
+        _write_manifest(tmp, key)
+        # a damaged grid is replaced, unless another process has repaired it meanwhile
+        replace = problem is not None and _check_grid(final, key, _InUse(final), full=True)
+        _publish(tmp, final, replace=bool(replace))
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    use.snapshot = None
+    _check_grid(final, key, use, full=False)  # records what was verified
+    use.hold()
+    with contextlib.suppress(OSError):
         _remove_older_versions(root, final)
-    _BUILT[key] = final
     return final
 
 
-def _remove_older_versions(root: Path, current: Path) -> None:
-    """Delete stand-in grids of this R made by earlier versions of the generator (~80 MB each)."""
-    prefix = current.name.rsplit("-", 1)[0] + "-"
-    for old in root.glob(prefix + "*"):
-        if old != current and old.is_dir() and not old.name.startswith("."):
-            shutil.rmtree(old, ignore_errors=True)
-
-
-def _publish(tmp: Path, final: Path) -> None:
-    """Rename a finished folder into place; if another process won, keep theirs."""
+def _unused_long_enough(folder: Path, now: float) -> bool:
+    """Whether a complete grid folder has gone unused long enough to be deleted."""
     try:
-        os.rename(tmp, final)
-        return
+        return now - os.stat(folder / _IN_USE).st_mtime > UNUSED_BEFORE_REMOVAL
+    except FileNotFoundError:
+        pass
+    # made by a kspec_xr that stamped nothing: its marker's mtime and the access time of
+    # its wavelength grid (read at every open; relatime updates it about daily)
+    times = [os.stat(folder / _COMPLETE).st_mtime]
+    for wave in folder.glob("wavelength_grids/*"):
+        with contextlib.suppress(OSError):
+            times.append(os.stat(wave).st_atime)
+    return now - max(times) > LEGACY_UNUSED_BEFORE_REMOVAL
+
+
+def _remove_older_versions(root: Path, current: Path) -> None:
+    """Delete stand-in grids of this R made by other generator versions, once nobody uses them.
+
+    A folder without ``COMPLETE`` is unusable and goes now; a complete one
+    goes only if no process holds its ``IN_USE`` lock and it was last used
+    more than :data:`UNUSED_BEFORE_REMOVAL` ago (see :func:`standin_grid_path`);
+    temporary folders of an interrupted generation go after the same time.
+    """
+    prefix = current.name.rsplit("-", 1)[0] + "-"
+    now = time.time()
+    for old in root.glob("." + prefix + "*.tmp"):
+        with contextlib.suppress(OSError):
+            if now - old.stat().st_mtime > UNUSED_BEFORE_REMOVAL:
+                shutil.rmtree(old, ignore_errors=True)
+    for old in root.glob(prefix + "*"):
+        if old == current or not old.is_dir() or old.name.startswith("."):
+            continue
+        if not (old / _COMPLETE).exists():
+            _delete_folder(old)
+            continue
+        try:
+            lock = _lock_file(old / _IN_USE, exclusive=True)
+        except FileNotFoundError:
+            lock = False  # a grid of a kspec_xr that took no locks: its age decides
+        except OSError:
+            continue
+        if lock is None:
+            continue  # a process is using it
+        try:
+            if _unused_long_enough(old, now):
+                _delete_folder(old)  # renamed away while locked: no new user can find it
+        except OSError:
+            pass
+        finally:
+            if lock:
+                lock.close()
+
+
+def _delete_folder(folder: Path) -> None:
+    aside = folder.with_name(f".{folder.name}.{uuid.uuid4().hex[:8]}.old")
+    try:
+        os.rename(folder, aside)
     except OSError:
-        if (final / "COMPLETE").exists():
-            return  # another process finished first: use its grid
-    # a stale, unfinished folder is in the way: move it aside and retry once
+        return
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def _publish(tmp: Path, final: Path, *, replace: bool = False) -> None:
+    """Rename a finished folder into place; if another process won, keep theirs.
+
+    ``replace``: ``final`` is a damaged grid, moved aside for ``tmp`` (a reader
+    in the middle of a run finds the new files under the same paths).
+    """
+    if not replace:
+        try:
+            os.rename(tmp, final)
+            return
+        except OSError:
+            if (final / _COMPLETE).exists():
+                return  # another process finished first: use its grid
+    # a stale, unfinished or damaged folder is in the way: move it aside and retry once
     stale = final.with_name(f".{final.name}.{uuid.uuid4().hex[:8]}.stale")
     try:
         os.rename(final, stale)
     except OSError:
         pass
-    shutil.rmtree(stale, ignore_errors=True)
     try:
         os.rename(tmp, final)
     except OSError:
-        if not (final / "COMPLETE").exists():
+        if not (final / _COMPLETE).exists():
             raise
+    finally:
+        shutil.rmtree(stale, ignore_errors=True)
