@@ -111,6 +111,16 @@ def test_every_unit_written_is_a_fits_unit(written):
             for key, value in hdu.header.items():
                 if key == "BUNIT" or (ours and key.startswith("TUNIT")):
                     u.Unit(value, format="fits")  # raises if FITS does not know it
+    with fits.open(written["plain"]) as hdul:
+        # every image HDU with data has its unit, but the dimensionless ones (ratios, counts
+        # of stars, mask bits)
+        unitless = {"THPUT", "MASK", "CALIBRATION_MASK", "CALIBRATION_NSTARS"}
+        unitless |= {"CALIBRATION_RMS", "CALIBRATION_SCATTER"}
+        for hdu in hdul:
+            if hdu.is_image and hdu.header.get("NAXIS", 0) > 0 and hdu.name not in unitless:
+                assert "BUNIT" in hdu.header, hdu.name
+        assert hdul["WAVELA"].header["BUNIT"] == "Angstrom"
+        assert hdul["SKY"].header["BUNIT"] == "count"
     with fits.open(written["float64"]) as hdul:
         assert hdul[0].header["BUNIT"] == FLUX_UNITS
         assert hdul["VARIANCE"].header["BUNIT"] == FLUX_VARIANCE_UNITS

@@ -395,9 +395,21 @@ def test_products_round_trip(tmp_path, red_path):
     expected = primary_header(ds)
     expected["BUNIT"] = "10**-17 erg/(s cm2 Angstrom)"  # float32, scaled (write_red's dtype)
     assert primary_header(back) == expected
+
+    # and BUNIT on the WAVELA HDU: a calibrated file has units on every HDU with data
+    def wave_header(d):
+        return fits.Header.fromstring(d["wavelength"].attrs["fits_header"], sep="\n")
+
+    added = wave_header(back)
+    assert added.pop("BUNIT") == "Angstrom" and added == wave_header(ds)
+    as_read = back.assign_coords(
+        wavelength=back["wavelength"].assign_attrs(
+            fits_header=ds["wavelength"].attrs["fits_header"]
+        )
+    )
     spectra = ["flux", "variance"]  # read back as float64 physical values
     assert_identical(
-        back.assign_attrs(fits_header=ds.attrs["fits_header"]).drop_vars(spectra),
+        as_read.assign_attrs(fits_header=ds.attrs["fits_header"]).drop_vars(spectra),
         ds.drop_vars(spectra),
     )
     for name in spectra:

@@ -281,13 +281,16 @@ class _Writer:
         self.done.update(names)
         self.file_vars.update(n for n in names if n in self.ds.variables)
 
-    def image(self, name: str, default_units: str) -> EncodedHDU:
+    def image(self, name: str, default_units: str, bunit: tuple | None = None) -> EncodedHDU:
         var = self.ds[name].variable
         stored = _header_of(var)
         if name == "variance" and self.calibrated_variance():
             values = self.calibrated_values(var, stored, power=2)
         else:
-            _set_bunit(stored, var.attrs.get("units"), default_units)
+            if bunit is not None:
+                stored["BUNIT"] = bunit
+            else:
+                _set_bunit(stored, var.attrs.get("units"), default_units)
             values = self.oriented(var) if name == "variance" else _values(var)
         generated, payload = encode_image(values, stored=stored)
         self.written(name)
@@ -300,6 +303,8 @@ class _Writer:
 
     def wavela(self, stored: fits.Header) -> EncodedHDU:
         wave = self.ds["wavelength"].variable
+        if self.calibrated and "BUNIT" not in stored:  # a calibrated file: units on every HDU
+            stored["BUNIT"] = ("Angstrom", "wavelength of each pixel")
         values = _values(wave)
         if wave.ndim == 1:
             values = np.broadcast_to(values, (self.ds.sizes["fiber"], values.size))
@@ -574,6 +579,14 @@ class _Writer:
         if _is_table(stored):
             self.written(name)
             return self.table(stored, str(var.dims[0]), prefix=key)
+        if (
+            self.calibrated
+            and key == "SKY"
+            and var.attrs.get("units", "1") == "1"
+            and "BUNIT" not in stored
+        ):
+            # 2dfdr's sky spectrum is in the fibres' counts, and stays so
+            return self.image(name, "1", bunit=("count", "the sky spectrum, not flux-calibrated"))
         return self.image(name, "1")
 
 
