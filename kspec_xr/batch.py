@@ -10,6 +10,7 @@ graph, and the large constants (catalogue, template grid) travel as file paths.
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import logging
 import math
@@ -24,11 +25,13 @@ from pathlib import Path
 import dask
 import numpy as np
 import pandas as pd
+import xarray as xr
 
 from ._base.errors import CatalogError, KspecError
 from ._base.paths import atomic_output, same_file, sweep_stale_temps
 from .nightly import NIGHTLY_NAME, nightly_transfer
 from .pipeline import calibrate_file, check_options, flux_calibrate
+from .templates import open_bosz
 
 log = logging.getLogger(__name__)
 
@@ -115,15 +118,36 @@ def _message(err: BaseException, path: str, *, with_type: bool) -> str:
 
 
 def _calibrate(job: dict) -> dict:
+    options = dict(job["options"])
+    templates = options.get("templates")
+    if templates is None or isinstance(templates, str):
+        options["templates"] = _worker_grid(templates, _stamp(templates))
     result = calibrate_file(
         job["input"],
         job["output"],
         catalog=job["catalog"],
         overwrite=job["overwrite"],
         resume=job["resume"],
-        **job["options"],
+        **options,
     )
     return result.summary()
+
+
+def _stamp(path: str | None) -> tuple | None:
+    """What tells a changed template folder or cube from the one opened before."""
+    if path is None:
+        return None
+    with contextlib.suppress(OSError):
+        info = os.stat(path)
+        return (info.st_ino, info.st_size, info.st_mtime_ns)
+    return ("missing",)
+
+
+@functools.lru_cache(maxsize=4)
+def _worker_grid(path: str | None, stamp) -> xr.DataArray:
+    """The template grid opened once per worker process (lazy; its prepared forms are cached
+    in memory by :func:`kspec_xr.prepare_templates`), for every exposure of the batch."""
+    return open_bosz(path)
 
 
 def _run_exposure(job: dict) -> dict:
