@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import gzip
+import io
+import re
 import threading
 
 import numpy as np
 import pytest
 
+from kspec_xr._base.errors import TemplateError
 from kspec_xr.templates import bosz_folder, open_bosz, parse_bosz_name, standin, wave_grid_name
 from kspec_xr.templates.standin import (
     bosz_wavelength,
@@ -281,6 +285,126 @@ def test_writer_rejects_bad_arguments(tmp_path):
         write_standin_grid(tmp_path, kind="lineid", **TINY)
     with pytest.raises(ValueError, match="wave_range"):
         write_standin_grid(tmp_path, teff=(5000,), logg=(4.5,), mh=(0.0,), wave_range=(5000, 4000))
+
+
+# ---------------------------------------------------------------------------
+# the fast paths of the first run: formatting, parsing, one read for two setups
+# ---------------------------------------------------------------------------
+
+
+def python_rows(columns, formats) -> bytes:
+    """The obvious implementation the writer's NumPy formatting must match byte for byte."""
+    line = " ".join(formats) + "\n"
+    rows = zip(*(np.asarray(c).tolist() for c in columns), strict=True)
+    return "".join(line % row for row in rows).encode()
+
+
+def hard_values(decimals: int, rng) -> np.ndarray:
+    """Values next to the rounding ties and powers of ten of ``%.{decimals}e``, and random ones."""
+    ties = (np.round(rng.uniform(1, 10, 3000), decimals) + 0.5 * 10.0**-decimals) * 10.0 ** (
+        rng.integers(-30, 30, 3000)
+    )
+    tens = 10.0 ** np.arange(-99, 100)
+    rounded = np.round(rng.uniform(1, 10, 3000), decimals + 1) * 10.0 ** rng.integers(-90, 90, 3000)
+    values = np.concatenate(
+        [
+            10 ** rng.uniform(-99, 99, 3000),
+            *(
+                v
+                for v in (ties, tens, rounded)
+                for v in (v, np.nextafter(v, 0), np.nextafter(v, 1e300))
+            ),
+            [1.0, 9.99995, 99999.5, 12345.5, 0.0, 2.5e-5],
+        ]
+    )
+    # one width of text (no exponent of three digits): what a grid file holds
+    fmt = f"%.{decimals}e"
+    return values[[len(fmt % v) == decimals + (6 if decimals else 5) for v in values]]
+
+
+def test_writer_formatting_is_pythons_to_the_byte():
+    rng = np.random.default_rng(7)
+    h, hc = surface_flux(WAVE, 6250, 4.0, -0.75)
+    assert standin._format_rows([h, hc], ["%.4e"] * 2) == python_rows([h, hc], ["%.4e"] * 2)
+    for decimals in range(9):
+        values = hard_values(decimals, rng)
+        fmt = [f"%.{decimals}e", "%.4e"]
+        columns = [values, values[::-1]]
+        assert standin._format_rows(columns, fmt) == python_rows(columns, fmt), decimals
+    # what it does not take goes through Python's % (noresam's %.6f, signs, NaN, 1e-120)
+    for columns, fmt in [
+        ([WAVE[:50], h[:50], hc[:50]], ["%.6f", "%.4e", "%.4e"]),
+        ([np.array([1.0, -2.5, np.nan, np.inf, 1e-120, 1e150])], ["%.4e"]),
+        ([np.array([])], ["%.4e"]),
+    ]:
+        assert standin._format_rows(columns, fmt) == python_rows(columns, fmt)
+
+
+def test_reader_fast_parse_is_loadtxt_to_the_bit(tmp_path):
+    from kspec_xr.templates import bosz, read_bosz_table
+
+    rng = np.random.default_rng(8)
+    root = write_standin_grid(tmp_path / "g", **TINY)
+    for path in root.rglob("*.txt.gz"):
+        raw = gzip.decompress(path.read_bytes()).rstrip()
+        fast = bosz._parse_fixed_width(raw)
+        assert fast is not None and fast.shape == (raw.count(b"\n") + 1, 2)
+        assert fast.view(np.int64).tolist() == np.loadtxt(io.BytesIO(raw)).view(np.int64).tolist()
+    for fmt in ("%.4e %.4e", "%.6E  %.2e", " %.13e\t%.1e", "%.9e"):
+        table = 10 ** rng.uniform(-8, 8, (2000, fmt.count("%")))  # powers within 10**±22
+        table[::5] = np.round(table[::5], 2)
+        raw = "\n".join(fmt % tuple(row) for row in table).encode()
+        expected = np.loadtxt(io.BytesIO(raw), ndmin=2)
+        assert (
+            bosz._parse_fixed_width(raw).view(np.int64).tolist() == expected.view(np.int64).tolist()
+        ), fmt
+    # any other text is left to numpy.loadtxt (and its errors)
+    for raw in (
+        b"1.0e+00\n-1.0e+00",  # a sign: another width
+        b"1.0e+00 2.0e+00\n3.0e+00 4.0e+0x",
+        b"1.0e+30",  # a power beyond 10**22
+        b"# header\n1.0e+00",
+        b"1.0e+00\r\n2.0e+00",
+        b"1.5 2.5\n3.5 4.5",
+    ):
+        assert bosz._parse_fixed_width(raw) is None
+    plain = tmp_path / "plain.txt"
+    plain.write_bytes(b"1.5 2.5\n3.5 4.5\n")
+    np.testing.assert_array_equal(read_bosz_table(plain, ncols=2), [[1.5, 2.5], [3.5, 4.5]])
+
+
+def test_writer_logs_its_progress(tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(standin, "_PROGRESS_EVERY", 0.0)
+    with caplog.at_level("INFO", logger="kspec_xr"):
+        write_standin_grid(tmp_path / "g", **TINY)
+    lines = [r.getMessage() for r in caplog.records if "stand-in templates" in r.getMessage()]
+    assert lines == [f"generating stand-in templates: {i}/4" for i in (1, 2, 3)]
+
+
+def test_a_second_setup_reuses_the_read_of_the_first(tmp_path, monkeypatch):
+    from kspec_xr.templates import bosz, prepare_templates
+    from kspec_xr.templates import prepared as prepared_module
+
+    root = write_standin_grid(tmp_path / "g", **{**TINY, "wave_range": (3900.0, 4500.0)})
+    wave = np.linspace(4000.0, 4400.0, 300)
+    reads: list = []
+    real = bosz.read_bosz_table
+    monkeypatch.setattr(bosz, "read_bosz_table", lambda *a, **k: reads.append(a) or real(*a, **k))
+    monkeypatch.setattr(prepared_module, "_RECENT_READ", prepared_module._RecentRead())
+    grid = open_bosz(root)
+    sharp = prepare_templates(grid, wave, 3.5, cache=False)
+    broad = prepare_templates(open_bosz(root), wave, 5.0, cache=False)  # the same files
+    assert len(reads) == 4  # each file once, for both setups
+    prepared_module._RECENT_READ.clear()
+    again = prepare_templates(grid, wave, 5.0, cache=False)
+    assert len(reads) == 8
+    for name in ("flux", "continuum", "mags"):
+        np.testing.assert_array_equal(broad[name].values, again[name].values)
+    assert not np.array_equal(sharp["flux"].values, broad["flux"].values)
+    victim = sorted(root.rglob("*.txt.gz"))[0]  # a changed file is read again
+    victim.write_bytes(gzip.compress(b"1.0e+00 1.0e+00\n"))
+    with pytest.raises(TemplateError, match=re.escape(str(victim))):
+        prepare_templates(open_bosz(root), wave, 5.0, cache=False)
 
 
 # ---------------------------------------------------------------------------

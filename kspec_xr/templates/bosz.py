@@ -24,6 +24,7 @@ import gzip
 import hashlib
 import io
 import os
+import re
 import stat
 import zlib
 from collections.abc import Sequence
@@ -195,8 +196,10 @@ def read_bosz_table(
         first = 0 if start == 0 else int(newlines[start - 1]) + 1
         last = len(raw) if stop == total else int(newlines[stop - 1])
         raw = raw[first:last]
+    table = _parse_fixed_width(raw)
     try:
-        table = np.loadtxt(io.BytesIO(raw), dtype=np.float64, ndmin=2)
+        if table is None:
+            table = np.loadtxt(io.BytesIO(raw), dtype=np.float64, ndmin=2)
     except ValueError as exc:
         raise TemplateError(f"cannot parse {path}: {exc}; {_fix_hint(path)}") from exc
     if table.shape[0] != stop - start or (ncols is not None and table.shape[1] != ncols):
@@ -205,6 +208,70 @@ def read_bosz_table(
             f"expected {stop - start}×{ncols or table.shape[1]}; {_fix_hint(path)}"
         )
     return table
+
+
+_FIELD = re.compile(rb"(\s*)(\d)\.(\d{1,14})[eE]([+-])(\d{1,3})")
+_POW10 = np.array([float(10**i) for i in range(23)])  # exact doubles
+
+
+def _parse_fixed_width(raw: bytes) -> np.ndarray | None:
+    """The table of a text whose every row has one layout of ``d.ddde±XX`` fields, or None.
+
+    Such a text (the stand-in grid's, written with ``%.4e``) is decoded with
+    NumPy from its digits: the mantissa ``m`` (below 10**15) and the power
+    ``k`` (|k| ≤ 22) are exact doubles, so ``m·10**k`` (or ``m / 10**−k``)
+    is rounded once, to the double ``float()`` and ``numpy.loadtxt`` give.
+    Any other text (another layout in some row, signs, wider powers) is
+    None: the caller parses it with ``numpy.loadtxt``.
+    """
+    width = raw.find(b"\n") + 1 or len(raw) + 1
+    if not raw or (len(raw) + 1) % width:
+        return None
+    first = raw[: width - 1]
+    fields, pos = [], 0
+    while pos < len(first):
+        match = _FIELD.match(first, pos)
+        if match is None:
+            return None
+        fields.append(match)
+        pos = match.end()
+    # one row of the transpose per character position: every test and sum is contiguous
+    chars = np.ascontiguousarray(np.frombuffer(raw + b"\n", dtype=np.uint8).reshape(-1, width).T)
+    template = np.frombuffer(first + b"\n", dtype=np.uint8)
+    is_digit = np.zeros(width, dtype=bool)
+    for match in fields:
+        for group in (2, 3, 5):
+            is_digit[match.start(group) : match.end(group)] = True
+    sign_at = [match.start(4) for match in fields]
+    fixed = ~is_digit
+    fixed[sign_at] = False
+    signs = chars[sign_at]
+    if not (
+        np.all(chars[fixed] == template[fixed, None])
+        and np.all(chars[is_digit] - np.uint8(ord("0")) <= 9)  # a non-digit wraps above 9
+        and np.all((signs == ord("+")) | (signs == ord("-")))
+    ):
+        return None
+    table = np.empty((chars.shape[1], len(fields)))
+    for i, match in enumerate(fields):
+        mantissa = _decimal(chars, [match.start(2), *range(match.start(3), match.end(3))])
+        power = _decimal(chars, range(match.start(5), match.end(5)))
+        power = np.where(signs[i] == ord("-"), -power, power) - (match.end(3) - match.start(3))
+        if np.any(np.abs(power) > 22):
+            return None
+        scale = _POW10[np.abs(power)]
+        table[:, i] = np.where(power >= 0, mantissa * scale, mantissa / scale)
+    return table
+
+
+def _decimal(chars: np.ndarray, positions) -> np.ndarray:
+    """The integers written by the ASCII digits at ``positions`` of every column of ``chars``."""
+    value = np.zeros(chars.shape[1], dtype=np.int64)
+    offset = 0
+    for p in positions:
+        value = value * 10 + chars[p]
+        offset = offset * 10 + ord("0")
+    return value - offset
 
 
 def _reason(exc: BaseException) -> str:

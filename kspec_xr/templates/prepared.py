@@ -23,6 +23,7 @@ import contextlib
 import functools
 import hashlib
 import json
+import logging
 import os
 import shutil
 import threading
@@ -51,6 +52,8 @@ from ..kernels.resample import (
 )
 from ..kernels.rv import C_KMS
 from ..kernels.template_fit import TemplateGrid
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "PreparedTemplates",
@@ -579,6 +582,76 @@ def _compute_pair(stacked: xr.DataArray) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(flux, dtype=float), np.asarray(cont, dtype=float)
 
 
+def _read_templates(stacked: xr.DataArray) -> tuple[np.ndarray, np.ndarray]:
+    """Flux and continuum of every template (read-only), read once for consecutive setups.
+
+    An exposure prepares its grid for two setups in a row (the fit's FWHM, then
+    the sharp one that measures the resolution; more when the FWHM is
+    measured): the read of the first is kept :data:`READ_KEPT_SECONDS` for the
+    next, instead of reading every file again.  Kept by the dask names of the
+    two arrays, which identify what they compute (for a BOSZ folder, the
+    files' names, sizes and mtimes and the selection); a grid held in memory
+    (no dask) is not kept.
+    """
+    import dask  # deferred, as in _compute_pair
+
+    flux, cont = stacked.data, stacked["continuum"].data
+    if not (dask.is_dask_collection(flux) and dask.is_dask_collection(cont)):
+        return _compute_pair(stacked)
+    key = (flux.name, cont.name)
+    hit = _RECENT_READ.get(key)
+    if hit is not None:
+        return hit
+    pair = _compute_pair(stacked)
+    for array in pair:
+        array.flags.writeable = False
+    _RECENT_READ.put(key, pair)
+    return pair
+
+
+#: seconds the last template grid read for preparing stays in memory for the next setup
+READ_KEPT_SECONDS = 30.0
+
+
+class _RecentRead:
+    """One read grid, dropped :data:`READ_KEPT_SECONDS` after its last use (thread-safe)."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._key: tuple | None = None
+        self._value: tuple[np.ndarray, np.ndarray] | None = None
+        self._timer: threading.Timer | None = None
+        self._uses = 0  # a timer drops the grid only if no use came after it was set
+
+    def get(self, key: tuple):
+        with self._lock:
+            if key != self._key:
+                return None
+            self._restart()
+            return self._value
+
+    def put(self, key: tuple, value: tuple[np.ndarray, np.ndarray]) -> None:
+        with self._lock:
+            self._key, self._value = key, value
+            self._restart()
+
+    def clear(self, uses: int | None = None) -> None:
+        with self._lock:
+            if uses is None or uses == self._uses:
+                self._key = self._value = None
+
+    def _restart(self) -> None:
+        self._uses += 1
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = threading.Timer(READ_KEPT_SECONDS, self.clear, args=(self._uses,))
+        self._timer.daemon = True
+        self._timer.start()
+
+
+_RECENT_READ = _RecentRead()
+
+
 def _covers(native: np.ndarray, band: str) -> bool:
     lo, hi = band_range(band)
     return native[0] <= lo and hi <= native[-1]
@@ -616,8 +689,9 @@ def _build(grid: xr.DataArray, wavelength: np.ndarray, fwhm: np.ndarray, *, vmax
             "wider wave_range"
         ) from None
 
-    # One parallel read of every file (flux and continuum from the same read).
-    flux, continuum = _compute_pair(stacked)
+    # One parallel read of every file (flux and continuum from the same read), or the
+    # read of the previous setup's preparation
+    flux, continuum = _read_templates(stacked)
     bad = ~np.all(np.isfinite(flux), axis=1)
     if np.any(bad):
         keep = np.flatnonzero(~bad)
@@ -800,6 +874,11 @@ def prepare_templates(
             with contextlib.suppress(OSError):
                 os.utime(path / "meta.json")  # "recently used", for _prune
             return _MEMORY.put(path, prepared)
+    lo, hi = float(fwhm_pix.min()), float(fwhm_pix.max())
+    log.info(
+        "preparing the template grid for FWHM %s (once for this setup: it is cached)",
+        f"{lo:.3g} Å" if f"{lo:.3g}" == f"{hi:.3g}" else f"{lo:.3g}-{hi:.3g} Å",
+    )
     prepared = _build(grid, wave, fwhm_pix, vmax=vmax, oversample=oversample)
     prepared.attrs["cache_key"] = path.name
     prepared._cache_inputs = json.loads(json.dumps(inputs))
