@@ -22,6 +22,8 @@ a flat spectrum stays exactly flat and the flux density is conserved.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 from scipy import sparse
 from scipy.special import ndtr
@@ -31,6 +33,10 @@ __all__ = [
     "resample_matrix",
     "cumulative",
     "rebin_cumulative",
+    "rebin_plan",
+    "rebin_apply",
+    "RebinPlan",
+    "RebinBuffers",
     "SIGMA_PER_FWHM",
     "running_mean",
     "smoothing_pixels",
@@ -150,6 +156,78 @@ def cumulative(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
     return out
 
 
+class RebinPlan(NamedTuple):
+    """Where destination edges fall on the source bins (:func:`rebin_plan`)."""
+
+    source_bin: np.ndarray  # (m + 1,) source bin of every destination edge
+    frac: np.ndarray  # (m + 1,) its fractional position in that bin
+    width: np.ndarray  # (m,) destination bin widths in the source frame
+
+
+def rebin_plan(edges: np.ndarray, dst_edges: np.ndarray, *, stretch: float = 1.0) -> RebinPlan:
+    """The part of :func:`rebin_cumulative` shared by every spectrum on the same bins."""
+    x = np.asarray(dst_edges, dtype=float) / stretch
+    e = np.asarray(edges, dtype=float)
+    j = np.clip(np.searchsorted(e, x, side="right") - 1, 0, e.size - 2)
+    frac = (x - e[j]) / (e[j + 1] - e[j])
+    return RebinPlan(j, frac, np.diff(x))
+
+
+class RebinBuffers:
+    """Scratch arrays for :func:`rebin_apply` of up to ``n`` rows onto ``m`` bins.
+
+    Reused from call to call: a fresh megabyte-sized array per call costs
+    more in page faults than the arithmetic on it.
+    """
+
+    def __init__(self, n: int, m: int):
+        self.flat = np.empty((n, m + 1), dtype=np.intp)
+        self.lo = np.empty((n, m + 1))
+        self.hi = np.empty((n, m + 1))
+        self.out = np.empty((n, m))
+
+
+def rebin_apply(
+    cum: np.ndarray,
+    plan: RebinPlan,
+    rows: np.ndarray | None = None,
+    *,
+    buffers: RebinBuffers | None = None,
+) -> np.ndarray:
+    """:func:`rebin_cumulative` with a :func:`rebin_plan` made once for many calls.
+
+    With ``buffers`` (and ``rows`` of a C-contiguous 2-D ``cum``) the work and
+    the result are in those arrays: the result is a view that the next call
+    overwrites.  The numbers are the same either way.
+    """
+    j, frac, width = plan
+    flat_path = rows is not None and cum.ndim == 2 and cum.flags.c_contiguous
+    if rows is None:
+        lo, hi = cum[..., j], cum[..., j + 1]
+    elif flat_path:
+        # one flat gather per end (np.ix_ fancy indexing is ~3x slower)
+        rows = np.asarray(rows, dtype=np.intp)
+        k = rows.size
+        if buffers is not None and k > buffers.out.shape[0]:
+            buffers = None  # too many rows for them
+        flat = np.add(
+            rows[:, None] * cum.shape[1], j, out=None if buffers is None else buffers.flat[:k]
+        )
+        source = cum.ravel()
+        lo = source.take(flat, out=None if buffers is None else buffers.lo[:k], mode="clip")
+        flat += 1
+        hi = source.take(flat, out=None if buffers is None else buffers.hi[:k], mode="clip")
+    else:
+        lo, hi = cum[np.ix_(rows, j)], cum[np.ix_(rows, j + 1)]
+    at = np.subtract(hi, lo, out=hi)  # at = lo + frac·(hi − lo), in place
+    at *= frac
+    at += lo
+    into = buffers.out[: at.shape[0]] if flat_path and buffers is not None else None
+    out = np.subtract(at[..., 1:], at[..., :-1], out=into)
+    out /= width
+    return out
+
+
 def rebin_cumulative(
     cum: np.ndarray,
     edges: np.ndarray,
@@ -179,16 +257,7 @@ def rebin_cumulative(
     (..., m) array
         The same numbers as ``resample_matrix(edges * stretch, dst_edges) @ values``.
     """
-    x = np.asarray(dst_edges, dtype=float) / stretch
-    e = np.asarray(edges, dtype=float)
-    j = np.clip(np.searchsorted(e, x, side="right") - 1, 0, e.size - 2)
-    frac = (x - e[j]) / (e[j + 1] - e[j])
-    if rows is None:
-        lo, hi = cum[..., j], cum[..., j + 1]
-    else:
-        lo, hi = cum[np.ix_(rows, j)], cum[np.ix_(rows, j + 1)]
-    at = lo + frac * (hi - lo)
-    return np.diff(at, axis=-1) / np.diff(x)
+    return rebin_apply(cum, rebin_plan(edges, dst_edges, stretch=stretch), rows)
 
 
 def bin_log_grid(loglam: np.ndarray, factor: int) -> np.ndarray:
@@ -209,23 +278,42 @@ def smoothing_pixels(wave: np.ndarray, scale: float) -> int:
     return max(5, int(round(scale / step)) | 1)
 
 
-def running_mean(values: np.ndarray, weight: np.ndarray, width: int) -> np.ndarray:
-    """Weighted running mean along the first axis: S(v·g)/S(g), twice a boxcar (a triangle).
+def running_mean(
+    values: np.ndarray,
+    weight: np.ndarray,
+    width: int,
+    *,
+    axis: int = 0,
+    out: np.ndarray | None = None,
+) -> np.ndarray:
+    """Weighted running mean along ``axis`` (default the first): S(v·g)/S(g), twice a boxcar
+    (a triangle).
 
     Masked pixels (g = 0) do not count; where no valid pixel is near (a gap
     wider than the window) the result is 1, and those pixels carry no weight.
+    ``weight`` (n,) is along ``axis``; a stack of spectra is fastest as
+    (C, n) with ``axis=-1`` (contiguous lines).  ``out``: a float64 array of
+    the shape of ``values`` to write the result into (reused scratch).
     """
     from scipy.ndimage import uniform_filter1d
 
-    def smooth(a):
-        once = uniform_filter1d(a, width, axis=0, mode="nearest")
-        return uniform_filter1d(once, width, axis=0, mode="nearest")
+    values = np.asarray(values)
+    axis = axis % max(values.ndim, 1)
+
+    def smooth(a, axis):
+        uniform_filter1d(a, width, axis=axis, mode="nearest", output=a)
+        return uniform_filter1d(a, width, axis=axis, mode="nearest", output=a)
 
     g = np.asarray(weight, dtype=float)
-    num = smooth(values * (g if values.ndim == 1 else g[:, None]))
-    den = smooth(g)
-    if values.ndim > 1:
-        den = den[:, None]
+    shape = [1] * values.ndim
+    shape[axis] = g.size
+    num = smooth(np.multiply(values, g.reshape(shape), out=out, dtype=float), axis)
+    den = smooth(g.copy(), 0)
     with np.errstate(invalid="ignore", divide="ignore"):
-        out = num / den
-    return np.where(den > 1e-6, out, 1.0)
+        out = np.divide(num, den.reshape(shape), out=num)
+    bad = ~(den > 1e-6)
+    if bad.any():
+        index = [slice(None)] * values.ndim
+        index[axis] = bad
+        out[tuple(index)] = 1.0
+    return out

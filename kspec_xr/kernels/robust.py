@@ -207,11 +207,24 @@ def gate_kernel(
 
 
 def _nanmedian_axis0(a: np.ndarray) -> np.ndarray:
-    """Median over axis 0 ignoring NaN; NaN (silently) where a column has none."""
+    """Median over axis 0 ignoring NaN; NaN (silently) where a column has none.
+
+    One sort of the columns (NaN sort last) and the middle of each column's
+    values, as ``np.nanmedian`` gives (which, for a few rows, goes through
+    masked arrays and is ~50× slower).
+    """
+    a = np.asarray(a, dtype=float)
     out = np.full(a.shape[1:], np.nan)
     has = np.isfinite(a).any(axis=0)
-    if has.any():
-        out[has] = np.nanmedian(a[:, has], axis=0)
+    if not has.any() or a.shape[0] == 0:
+        return out
+    ordered = np.sort(a, axis=0)
+    n = np.count_nonzero(~np.isnan(a), axis=0)
+    lower = np.take_along_axis(ordered, np.maximum((n - 1) // 2, 0)[None], axis=0)[0]
+    upper = np.take_along_axis(ordered, (n // 2)[None], axis=0)[0]
+    with np.errstate(invalid="ignore"):
+        middle = np.where(n % 2 == 1, lower, (lower + upper) / 2.0)
+    out[has] = middle[has]
     return out
 
 

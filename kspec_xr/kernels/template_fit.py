@@ -7,7 +7,8 @@ For one star (observed counts on the exposure's pixels) and a prepared grid
    against the templates that best match the star's colours;
 2. rebins every candidate template (the nodes in the star's colour Teff
    box), shifted to that velocity, onto the exposure's pixels from their
-   running integrals — all templates at once;
+   running integrals — a block of templates at a time, small enough to stay
+   in the CPU cache through steps 2-3;
 3. divides the star and every template by their own running mean over
    ~150 Å (same pixel weights), so the throughput and every broad shape drop
    out of both alike, and scores each candidate with χ² or Huber over the
@@ -24,6 +25,7 @@ For one star (observed counts on the exposure's pixels) and a prepared grid
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import cached_property
 from typing import NamedTuple
@@ -34,11 +36,14 @@ from .._base.status import FitStatus
 from .lsf import fwhm_profile, profile_minimum, trial_fwhms
 from .photometry import ColorChi2
 from .resample import (
+    RebinBuffers,
     bin_log_grid,
     bin_pixels,
     cumulative,
     edges_from_centers,
+    rebin_apply,
     rebin_cumulative,
+    rebin_plan,
     running_mean,
     smoothing_pixels,
 )
@@ -151,10 +156,16 @@ class TemplateGrid:
         on a pixel, so rebinning flux/continuum equals rebinned flux over
         rebinned continuum to ~1e-6.)
         """
+        return self.rebin_rows(wave_edges, rv, templates).T
+
+    def rebin_rows(
+        self, wave_edges: np.ndarray, rv: float, templates: np.ndarray | None = None
+    ) -> np.ndarray:
+        """(C, P) as :meth:`rebin_norm`, each template one contiguous row."""
         rows = None if templates is None else np.asarray(templates)
         return rebin_cumulative(
             self._cumulative, self.edges, wave_edges, stretch=1.0 + rv / C_KMS, rows=rows
-        ).T
+        )
 
     def binned(self, factor: int) -> TemplateGrid:
         """The grid with ``factor`` working pixels averaged into one (for scoring)."""
@@ -219,6 +230,13 @@ class TemplateGrid:
             weights[used] @ self.mags[nodes[used]],
         )
 
+    def mix_mags(self, target: np.ndarray, nodes: np.ndarray | None = None) -> np.ndarray:
+        """The magnitudes of :meth:`mix` alone (no spectra read)."""
+        nodes = np.arange(self.params.shape[0]) if nodes is None else np.asarray(nodes)
+        weights = _interp_weights(self.lattice[nodes], target)
+        used = np.flatnonzero(weights > 0)
+        return weights[used] @ self.mags[nodes[used]]
+
     def model_at(self, teff, logg, mh, rv, wave_edges) -> np.ndarray:
         """(P,) model flux at parameters and velocity ``rv``, averaged over the pixel bins."""
         flux, _, _ = self.mix(self.position(teff, logg, mh))
@@ -266,24 +284,81 @@ def _shifted(grid, wave_edges, rv, cum) -> np.ndarray:
     return rebin_cumulative(cum, grid.edges, wave_edges, stretch=1.0 + rv / C_KMS)
 
 
-def _refine(lattice, norm_t, smooth_t, mags_t, scorer, colours, inflate, start):
+#: candidate spectra rebinned, smoothed and scored together (rows of 4096 pixels:
+#: ~1 MB per array, so that a block's arrays stay in the CPU cache)
+_BLOCK = 32
+
+
+class _CandidateSpectra:
+    """The candidates' normalised spectra on a star's pixels, and their running means.
+
+    ``self(local)`` → ``(norm, smooth)``, (k, P) each, for candidates
+    ``candidates[local]`` at velocity ``rv``: rebinned from the running
+    integrals (:func:`~kspec_xr.kernels.resample.rebin_apply`), smoothed with
+    the star's pixel weights.  Row by row the same numbers whichever rows are
+    asked for together.
+    """
+
+    def __init__(self, grid, candidates, wave_edges, rv, gpix, width):
+        self.cum = grid._cumulative
+        self.rows = np.asarray(candidates)
+        self.plan = rebin_plan(grid.edges, wave_edges, stretch=1.0 + rv / C_KMS)
+        self.gpix, self.width = gpix, width
+
+    def __call__(self, local: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        norm = rebin_apply(self.cum, self.plan, self.rows[local])
+        return norm, running_mean(norm, self.gpix, self.width, axis=-1)
+
+    def scores(self, scorer: Scorer) -> np.ndarray:
+        """(C,) ``scorer`` of every candidate's normalised model, block by block.
+
+        The blocks are worked in the same few scratch arrays (the numbers are
+        those of :meth:`__call__`).
+        """
+        n = self.rows.size
+        block = min(_BLOCK, n)
+        buffers = RebinBuffers(block, self.gpix.size)
+        smooth = np.empty((block, self.gpix.size))
+        out = np.empty(n)
+        for first in range(0, n, block):
+            rows = self.rows[first : first + block]
+            norm = rebin_apply(self.cum, self.plan, rows, buffers=buffers)
+            k = rows.size
+            running_mean(norm, self.gpix, self.width, axis=-1, out=smooth[:k])
+            out[first : first + k] = scorer.rows(np.divide(norm, smooth[:k], out=norm))
+        return out
+
+
+def _refine(lattice, spectra, mags_t, scorer, colours, inflate, start):
     """Minimise the score over continuous (Teff, log g, [M/H]) around the best node.
 
     The model at a fractional lattice position is the multilinear mix of the
     surrounding nodes' normalised spectra (and of their fluxes through each
     band, for the colours); Powell's method searches the box of ±1 node.
+    ``spectra``: a :class:`_CandidateSpectra` of the nodes of ``lattice`` (C, 3).
     """
     from scipy.optimize import minimize
 
-    rows_n = np.ascontiguousarray(norm_t.T)  # (C, P): a node's spectrum is one row
-    rows_s = np.ascontiguousarray(smooth_t.T)
+    cells = _Cells(lattice)
+    colour_t = mags_t[:, colours.blue] - mags_t[:, colours.red]  # colours mix as the mags
+    nodes: dict[int, tuple] = {}  # every node's (normalised spectrum, running mean), made once
+    blocks: dict[tuple, tuple] = {}  # the rows of the nodes around a cell, stacked once
 
     def objective(t):
-        weights = _interp_weights(lattice, t)
-        used = np.flatnonzero(weights)
-        model = (weights[used] @ rows_n[used]) / (weights[used] @ rows_s[used])
-        mix = weights[used] @ mags_t[used]
-        return scorer(model) / inflate + colours(mix)[0, 0]
+        used, weights = cells.weights(t)
+        block = blocks.get(used)
+        if block is None:
+            new = np.array([n for n in used if n not in nodes], dtype=np.intp)
+            if new.size:
+                for n, norm, smooth in zip(new.tolist(), *spectra(new), strict=True):
+                    nodes[n] = (norm, smooth)
+            block = blocks[used] = (
+                np.stack([nodes[n][0] for n in used]),
+                np.stack([nodes[n][1] for n in used]),
+                colour_t[list(used)],
+            )
+        model = (weights @ block[0]) / (weights @ block[1])
+        return scorer(model) / inflate + colours.first_colours(weights @ block[2])
 
     edge_lo, edge_hi = lattice.min(axis=0), lattice.max(axis=0)
     best_x, best_value = start.astype(float), objective(start)
@@ -306,6 +381,61 @@ def _refine(lattice, norm_t, smooth_t, mags_t, scorer, colours, inflate, start):
             break
         start = np.round(result.x)
     return best_x, best_value
+
+
+class _Cells:
+    """:func:`_interp_weights` of nodes on an integer lattice, from the cell's 8 corners.
+
+    The nodes with a positive weight are the corners of the lattice cell
+    around the target; a table from lattice position to node finds them, so
+    that a weight costs O(8) scalar operations, not O(C) array ones.  Missing
+    corners (holes in the grid) drop out and the rest are renormalised, as in
+    :func:`_interp_weights`.
+    """
+
+    def __init__(self, lattice: np.ndarray):
+        self.lattice = np.asarray(lattice, dtype=float)
+        index = np.rint(self.lattice).astype(np.intp)
+        self.table = {tuple(row): n for n, row in enumerate(index.tolist())}
+        self.cells: dict[tuple, list] = {}
+        # exact for distinct integer nodes in 3 dimensions; otherwise every node is weighed
+        self.exact = (
+            self.lattice.ndim == 2
+            and self.lattice.shape[1] == 3
+            and np.array_equal(index, self.lattice)
+            and len(self.table) == len(index)
+        )
+
+    def weights(self, target: np.ndarray) -> tuple[tuple, np.ndarray]:
+        """(nodes, weights): the nodes of positive weight (ascending) and their weights."""
+        if self.exact:
+            t0, t1, t2 = np.asarray(target, dtype=float).tolist()
+            b0, b1, b2 = math.floor(t0), math.floor(t1), math.floor(t2)
+            corners = self.cells.get((b0, b1, b2))
+            if corners is None:  # the cell's nodes (ascending) and their corner offsets
+                corners = self.cells[b0, b1, b2] = sorted(
+                    (node, i, j, k)
+                    for i in (0, 1)
+                    for j in (0, 1)
+                    for k in (0, 1)
+                    if (node := self.table.get((b0 + i, b1 + j, b2 + k))) is not None
+                )
+            # the factors of _interp_weights, max(1 - |node - target|, 0), per axis
+            f0 = (max(1.0 - abs(b0 - t0), 0.0), max(1.0 - abs(b0 + 1 - t0), 0.0))
+            f1 = (max(1.0 - abs(b1 - t1), 0.0), max(1.0 - abs(b1 + 1 - t1), 0.0))
+            f2 = (max(1.0 - abs(b2 - t2), 0.0), max(1.0 - abs(b2 + 1 - t2), 0.0))
+            nodes, weights = [], []
+            for node, i, j, k in corners:
+                weight = f0[i] * f1[j] * f2[k]
+                if weight > 0:
+                    nodes.append(node)
+                    weights.append(weight)
+            if nodes:
+                total = sum(weights)
+                return tuple(nodes), np.array([w / total for w in weights])
+        weights = _interp_weights(self.lattice, np.asarray(target, dtype=float))
+        used = np.flatnonzero(weights)
+        return tuple(used.tolist()), weights[used]
 
 
 def _interp_weights(lattice: np.ndarray, target: np.ndarray):
@@ -337,6 +467,7 @@ def fit_star(
     extinction: np.ndarray | None = None,
     ebv_max: float = 0.5,
     ebv_min: float = 0.0,
+    final: bool = True,
 ) -> StarFit:
     """Fit one standard star; see the module docstring for the steps.
 
@@ -363,6 +494,9 @@ def fit_star(
     reddening : (B,) A_band/E(B−V) of the grid's bands; extinction : (P,)
         A(λ)/E(B−V) at the pixels (both needed for any reddening: the model
         and its magnitudes are returned reddened by ``ebv``)
+    final : bool, False: stop after the refinement of the parameters (their
+        magnitudes and E(B−V) are computed; the velocity is the
+        cross-correlation's and the model is NaN), for a fit that is redone
     """
     n_pix = wave.size
     nan_fit = StarFit(
@@ -409,15 +543,15 @@ def fit_star(
     with np.errstate(divide="ignore", invalid="ignore"):  # a star with no counts: no velocity
         spec = obs_on_log / running_mean(obs_on_log, w_on_log, width_log) - 1.0
     spec = np.where(np.isfinite(spec), spec, 0.0)
-    refs = coarse.norm[candidates[order]].T
-    refs = (refs / running_mean(refs, w_on_log, width_log) - 1.0).T
+    refs = coarse.norm[candidates[order]]
+    refs = refs / running_mean(refs, w_on_log, width_log, axis=-1) - 1.0
     velocity, _ = xcorr_velocity(
         np.where(w_on_log > 0, spec, 0.0), w_on_log, refs, coarse.dlnl, vmax=vmax
     )
     rv = float(np.median(velocity))
 
-    # 2.-3. every candidate on the exposure's pixels, normalised, scored
-    norm_t = grid.scoring.rebin_norm(wave_edges, rv, candidates)  # (P, C)
+    # 2.-3. every candidate on the exposure's pixels, normalised, scored, in
+    #    blocks of rows that stay in the CPU cache
     lattice = grid.lattice[candidates]
     # star and templates divided by their own running mean over `width` pixels
     # (the same weights): the throughput and every broad shape drop out of
@@ -425,24 +559,24 @@ def fit_star(
     width = smoothing_pixels(wave, smooth_scale)
     gpix = (ivar > 0).astype(float)
     obs_smooth = running_mean(flux, gpix, width)
-    smooth_t = running_mean(norm_t, gpix, width)
     with np.errstate(divide="ignore", invalid="ignore"):
         obs_norm = np.where(obs_smooth > 0, flux / obs_smooth, 0.0)
         var_norm = np.where(ivar > 0, 1.0 / (ivar * obs_smooth**2), np.inf)
         w = np.where(obs_smooth > 0, 1.0 / (var_norm + model_error**2), 0.0)
     scorer = Scorer(obs_norm, w, metric)
-    spec_score = scorer(norm_t / smooth_t)
+    spectra = _CandidateSpectra(coarse, candidates, wave_edges, rv, gpix, width)
+    spec_score = spectra.scores(scorer)
     best_local = int(np.argmin(spec_score))
     dof = max(n_good - 1, 1)
-    chi2_red = float(Scorer(obs_norm, w, "chi2")(norm_t[:, best_local] / smooth_t[:, best_local]))
-    chi2_red /= dof
+    scorer_chi2 = Scorer(obs_norm, w, "chi2")
+    norm_b, smooth_b = spectra(np.array([best_local]))
+    chi2_red = float(scorer_chi2(norm_b[0] / smooth_b[0])) / dof
     inflate = max(1.0, chi2_red)
     total = spec_score / inflate + col_chi2
     best_local = int(np.argmin(total))
     target, refined_score = _refine(
         lattice,
-        norm_t,
-        smooth_t,
+        spectra,
         grid.mags[candidates],
         scorer,
         colours,
@@ -454,20 +588,22 @@ def fit_star(
     ranked = np.argsort(total, kind="stable")
     runner = int(ranked[1]) if ranked.size > 1 else -1
     teff, logg, mh = grid.physical(target)
-    fine_model, fine_cont, model_mags = grid.mix(target, candidates)
-
-    scorer_chi2 = Scorer(obs_norm, w, "chi2")
-    final_cum = cumulative(np.stack([fine_model, fine_cont]), grid.edges)  # once per star
-    step_v = C_KMS * grid.dlnl * grid.oversample
-    for shrink in (1.0, 0.25):  # a parabola over ±1 pixel, then over ±1/4 pixel
-        step = step_v * shrink
-        chi = []
-        for v in rv + step * np.array([-1.0, 0.0, 1.0]):
-            model_v, cont_v = _shifted(grid, wave_edges, v, final_cum)
-            pattern = model_v / cont_v
-            chi.append(scorer_chi2(pattern / running_mean(pattern, gpix, width)))
-        rv = float(rv + step * parabola_peak(*chi))
-    model = _shifted(grid, wave_edges, rv, final_cum[0])
+    if final:
+        fine_model, fine_cont, model_mags = grid.mix(target, candidates)
+        final_cum = cumulative(np.stack([fine_model, fine_cont]), grid.edges)  # once per star
+        step_v = C_KMS * grid.dlnl * grid.oversample
+        for shrink in (1.0, 0.25):  # a parabola over ±1 pixel, then over ±1/4 pixel
+            step = step_v * shrink
+            chi = []
+            for v in rv + step * np.array([-1.0, 0.0, 1.0]):
+                model_v, cont_v = _shifted(grid, wave_edges, v, final_cum)
+                pattern = model_v / cont_v
+                chi.append(scorer_chi2(pattern / running_mean(pattern, gpix, width)))
+            rv = float(rv + step * parabola_peak(*chi))
+        model = _shifted(grid, wave_edges, rv, final_cum[0])
+    else:  # E(B-V) only: no velocity refinement, no model spectrum
+        model_mags = grid.mix_mags(target, candidates)
+        model = np.full(n_pix, np.nan)
     ebv_err = np.nan
     if fit_ebv:
         colours(model_mags)
@@ -523,6 +659,17 @@ class Scorer:
         resid = (self.obs if models.ndim == 1 else self.obs[:, None]) - models
         resid = resid * (self.sw if models.ndim == 1 else self.sw[:, None])
         return 2.0 * np.sum(huber_rho(resid), axis=0)
+
+    def rows(self, models: np.ndarray) -> np.ndarray:
+        """(C, P) → (C,): the scores of models stored one per row (contiguous).
+
+        As einsum loops, not BLAS: a threaded gemv wakes its threads for every
+        call, which costs more than the product on a busy machine.
+        """
+        if self.metric == "chi2":
+            cross = np.einsum("cp,p->c", models, self.wo)
+            return self.a - 2.0 * cross + np.einsum("cp,cp,p->c", models, models, self.w)
+        return 2.0 * np.sum(huber_rho((models - self.obs) * self.sw), axis=-1)
 
 
 def teff_candidates(teff: np.ndarray, lo: float, hi: float) -> np.ndarray:
@@ -587,6 +734,7 @@ def fit_block(
     reddening=None,
     ebv_max: float = 0.5,
     ebv_min: float = 0.0,
+    first_pass: bool = False,
 ) -> FitBlock:
     """Fit every star of a block: stars (S, P) and (S, B), the grid's arrays as given.
 
@@ -595,6 +743,10 @@ def fit_block(
     of each star's final model are used).  ``ebv`` (S,) E(B−V) per star (NaN:
     fitted), ``extinction`` (P,) A(λ)/E(B−V) at the pixels, ``reddening`` (B,)
     A_band/E(B−V) of the grid's bands (None: no reddening at all).
+    ``first_pass``: only the fitted E(B−V) (and the status) of the stars
+    without a given one are wanted, for a fit that is redone: those stars
+    stop after the parameters (``fit_star(final=False)``: no velocity
+    refinement, model NaN) and the stars with a given E(B−V) are not fitted.
     """
     scoring = TemplateGrid(
         scoring_loglam,
@@ -630,11 +782,13 @@ def fit_block(
         if not np.any(np.isfinite(mags[s])):
             out["status"][s] = FitStatus.NO_PHOTOMETRY
             continue
+        if first_pass and np.isfinite(ebv[s]):
+            continue
         candidates = teff_candidates(grid.params[:, 0], teff_lo[s], teff_hi[s])
         fit = fit_star(
             wave, flux[s], variance[s], good[s], mags[s], errs[s], grid, candidates,
             metric=metric, vmax=vmax, ebv=float(ebv[s]), reddening=reddening,
-            extinction=extinction, ebv_max=ebv_max, ebv_min=ebv_min,
+            extinction=extinction, ebv_max=ebv_max, ebv_min=ebv_min, final=not first_pass,
         )  # fmt: skip
         for name, value in (
             ("teff", fit.teff),

@@ -199,7 +199,7 @@ def fit_standards(
     ebv, ebv_source = _catalogue_ebv(ds, redden)
     reddening = np.array([band_ratio(b) for b in bands])
     ratio = xr.DataArray(reddening, dims="band", coords={"band": bands})
-    extinction = xr.DataArray(extinction_curve(wave), dims="wavelength")
+    extinction = xr.DataArray(_extinction_at(wave), dims="wavelength")
     fibers = xr.DataArray(standard_index(ds), dims="standard")
     flux = ds["flux"].isel(fiber=fibers)
     variance = ds["variance"].isel(fiber=fibers)
@@ -208,19 +208,32 @@ def fit_standards(
     good = good & ~bad_region
     n_band = len(bands)
 
-    def run(star_ebv: xr.DataArray, some_free: bool) -> tuple[dict, xr.Dataset]:
-        """One fit of every star at E(B-V) ``star_ebv`` (NaN: fitted to its colours)."""
-        box = _teff_box(mags - star_ebv.fillna(0.0) * ratio, errs, grid_mags)
+    def run(
+        star_ebv: xr.DataArray, some_free: bool, first_pass: bool = False
+    ) -> tuple[dict, xr.Dataset]:
+        """One fit of every star at E(B-V) ``star_ebv`` (NaN: fitted to its colours).
+
+        ``first_pass``: only the fitted E(B-V) values are wanted (every star is
+        refitted): see :func:`~kspec_xr.kernels.template_fit.fit_block`.
+        """
         free = ~np.isfinite(star_ebv)
+        offset = star_ebv.fillna(0.0)
         if some_free:
-            for trial in np.linspace(0.1, EBV_MAX, 5):
-                wider = _teff_box(mags - trial * ratio, errs, grid_mags)
-                box["teff_lo"] = xr.where(
-                    free, np.fmin(box["teff_lo"], wider["teff_lo"]), box["teff_lo"]
-                )
-                box["teff_hi"] = xr.where(
-                    free, np.fmax(box["teff_hi"], wider["teff_hi"]), box["teff_hi"]
-                )
+            # the box at the star's E(B-V) and at 5 trial values, in one call
+            trials = xr.DataArray(np.linspace(0.1, EBV_MAX, 5), dims="ebv_trial")
+            offset = xr.concat([offset.expand_dims(ebv_trial=1), trials], "ebv_trial")
+        boxes = _teff_box(mags - offset * ratio, errs, grid_mags)
+        if not some_free:
+            box = boxes
+        else:
+            box = boxes.isel(ebv_trial=0)
+            wider = boxes.isel(ebv_trial=slice(1, None))
+            box["teff_lo"] = xr.where(
+                free, np.fmin(box["teff_lo"], wider["teff_lo"].min("ebv_trial")), box["teff_lo"]
+            )
+            box["teff_hi"] = xr.where(
+                free, np.fmax(box["teff_hi"], wider["teff_hi"].max("ebv_trial")), box["teff_hi"]
+            )
         results = xr.apply_ufunc(
             fit_block,
             flux,
@@ -249,6 +262,7 @@ def fit_standards(
                 # field mode: each star's value unclipped at 0, so that their median
                 # is unbiased for an unreddened field (the median is clipped instead)
                 "ebv_min": -0.2 if ebv_fit == "field" else 0.0,
+                "first_pass": first_pass,
             },
             dask="parallelized",
             output_dtypes=[float] * 6
@@ -259,9 +273,10 @@ def fit_standards(
         return dict(zip(FitBlock._fields, (bare(r) for r in results), strict=True)), box
 
     fit_e = ~np.isfinite(ebv)
-    fitted, box = run(ebv, bool(fit_e.any()))
+    refit = redden and ebv_fit == "field" and bool(fit_e.any())
+    fitted, box = run(ebv, bool(fit_e.any()), first_pass=refit)
     fitted["ebv_star"] = fitted["ebv"]
-    if redden and ebv_fit == "field" and bool(fit_e.any()):
+    if refit:
         # one E(B-V) for the field's fitted stars, the median of their colour
         # fits (each is only as good as its spectroscopic Teff, ~0.04 mag); the
         # stars refitted at it, so that their templates are chosen with it
@@ -269,7 +284,9 @@ def fit_standards(
         adopted, adopted_err = _field_ebv(fitted["ebv"].where(usable))
         star_values = fitted["ebv"]
         fitted, box = run(xr.where(fit_e, adopted, ebv), False)
-        fitted["ebv_star"] = star_values
+        # (a star with a catalogue E(B-V) is not fitted in the first pass: its
+        # fit there would have been this one)
+        fitted["ebv_star"] = xr.where(fit_e, star_values, fitted["ebv"])
         fitted["ebv_err"] = xr.where(fit_e, adopted_err, fitted["ebv_err"])
     new = {
         name: fitted[field].assign_attrs(units=units) for field, (name, units) in _SCALARS.items()
@@ -343,6 +360,20 @@ def fit_standards(
     )
 
 
+def _extinction_at(wave: np.ndarray) -> np.ndarray:
+    """:func:`extinction_curve` on an exposure's pixels, remembered for the last few grids
+    (the law costs ~10 ms per evaluation; the exposures of a night share a grid)."""
+    wave = np.ascontiguousarray(wave, dtype=np.float64)
+    return _extinction_cached(wave.tobytes())
+
+
+@functools.lru_cache(maxsize=8)
+def _extinction_cached(key: bytes) -> np.ndarray:
+    curve = extinction_curve(np.frombuffer(key, dtype=np.float64))
+    curve.setflags(write=False)
+    return curve
+
+
 def _status_ok(status: xr.DataArray) -> xr.DataArray:
     """Fits whose parameters can be trusted (OK, or without colours)."""
     return status.isin([int(s) for s in (FitStatus.OK, FitStatus.NO_COLORS)])
@@ -400,6 +431,7 @@ def _catalogue_ebv(ds: xr.Dataset, redden: bool) -> tuple[xr.DataArray, xr.DataA
 def _teff_box(mags: xr.DataArray, errs: xr.DataArray, grid_mags: xr.DataArray) -> xr.Dataset:
     """The 3σ colour box, at least ±half a BOSZ Teff step (teff_candidates then adds the
     nodes that bracket it, so the refinement can reach every Teff in it)."""
+    mags, errs = xr.broadcast(mags, errs)  # (the kernel needs them alike, e.g. per E(B-V) trial)
     box = teff_from_colors(
         mags.rename(standard="star"), errs.rename(standard="star"), grid_mags, teff_step=125.0
     )
