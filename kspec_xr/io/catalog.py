@@ -526,6 +526,19 @@ def _found(columns: list[str]) -> str:
     return ", ".join(map(repr, columns[:30])) + (", ..." if len(columns) > 30 else "")
 
 
+def _layout_of(frame: pd.DataFrame, layouts, map_name, where: str):
+    """``(frame, band map, is RefCat2)``: RefCat2's columns renamed to their canonical names,
+    and the layout of the band map the columns fit; else the error that says what is missing."""
+    refcat2 = layouts == PRESETS["refcat2"].layouts
+    if refcat2:
+        frame = frame.rename(columns=_canonical_names(list(frame.columns)))
+    columns = [str(c) for c in frame.columns]
+    bm = _choose_layout(columns, layouts, where, fold=not refcat2)
+    if bm is None:
+        raise _no_photometry(frame, columns, layouts, map_name, where, refcat2)
+    return frame, bm, refcat2
+
+
 def _choose_layout(
     columns: list[str], layouts: tuple[BandMap, ...], where: str, fold: bool = True
 ) -> BandMap | None:
@@ -981,21 +994,16 @@ def read_catalog(
     """
     layouts, map_name = resolve_bands(bands)
     frame, where, origin, rows = _frame_of(source)
-    refcat2 = layouts == PRESETS["refcat2"].layouts
-    if refcat2:
-        frame = frame.rename(columns=_canonical_names(list(frame.columns)))
-    columns = [str(c) for c in frame.columns]
-
-    bm = _choose_layout(columns, layouts, where, fold=not refcat2)
-    if bm is None:
-        raise _no_photometry(frame, columns, layouts, map_name, where, refcat2)
+    frame, bm, refcat2 = _layout_of(frame, layouts, map_name, where)
     if default_error is not None:
         bm = with_options(bm, default_error=None if default_error is False else default_error)
     if ebv_column is not None:
         bm = with_options(bm, ebv_column=ebv_column)
     phot = _photometry(frame, where, bm, fold=not refcat2)
     if not phot.bands:  # pragma: no cover - _choose_layout found a magnitude column
-        raise _no_photometry(frame, columns, layouts, map_name, where, refcat2)
+        raise _no_photometry(
+            frame, [str(c) for c in frame.columns], layouts, map_name, where, refcat2
+        )
     ebv, ebv_source = _reddening(frame, where, bm, rows)
     ra_col, dec_col = _coordinate_columns(frame, where)
     positions = _positions(frame, where, rows)
@@ -1157,13 +1165,7 @@ def check_catalog(path, /, *, bands=None, match: str = "position") -> Path:
     if complete and not re.compile(rb"\n[ \t\r]*[^\s#]").search(raw, max(head.start - 1, 0)):
         raise CatalogError(f"catalogue {where} has a header but zero rows; it lists no star")
     frame = pd.DataFrame({c: pd.Series([], dtype=object) for c in head.columns})
-    refcat2 = layouts == PRESETS["refcat2"].layouts
-    if refcat2:
-        frame = frame.rename(columns=_canonical_names(list(frame.columns)))
-    columns = [str(c) for c in frame.columns]
-    bm = _choose_layout(columns, layouts, where, fold=not refcat2)
-    if bm is None:
-        raise _no_photometry(frame, columns, layouts, map_name, where, refcat2)
+    frame, bm, refcat2 = _layout_of(frame, layouts, map_name, where)
     _photometry(frame, where, bm, fold=not refcat2)  # a magnitude column without its error
     _reddening(frame, where, bm)  # an ebv_column the file lacks
     ra_col, _ = _coordinate_columns(frame, where)  # only one of RA/Dec
@@ -1171,7 +1173,7 @@ def check_catalog(path, /, *, bands=None, match: str = "position") -> Path:
         raise CatalogError(
             f"catalogue {where} has no coordinate columns (recognised: "
             f"{', '.join('/'.join(pair) for pair in COORDINATE_COLUMNS)}; found: "
-            f"{_found(columns)}); add them, or match by row order (match='order', CLI "
+            f"{_found([str(c) for c in frame.columns])}); add them, or match by row order (match='order', CLI "
             "--match order) with one row per standard"
         )
     return file
