@@ -53,11 +53,15 @@ def calibrated(sim):
 @pytest.fixture(scope="module")
 def written(calibrated, tmp_path_factory):
     """The calibrated exposure written plain (float32), gzip-compressed and as float64."""
+    from kspec_xr.io.write import calibration_header
+
     folder = tmp_path_factory.mktemp("out")
+    # described once: the writer's HISTORY lines carry the time, to the second
+    described = calibration_header(calibrated)
     return {
-        "plain": kx.write_red(calibrated, folder / "fcal.fits"),
-        "gzip": kx.write_red(calibrated, folder / "fcal.fits.gz"),
-        "float64": kx.write_red(calibrated, folder / "fcal64.fits", dtype="float64"),
+        "plain": kx.write_red(described, folder / "fcal.fits"),
+        "gzip": kx.write_red(described, folder / "fcal.fits.gz"),
+        "float64": kx.write_red(described, folder / "fcal64.fits", dtype="float64"),
     }
 
 

@@ -11,6 +11,7 @@ the history into ``HISTORY`` cards and adds :func:`package_versions`.
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 from collections.abc import Mapping
 from importlib.metadata import PackageNotFoundError, version
 
@@ -179,6 +180,12 @@ def add_history(ds: xr.Dataset, line: str, /, *, timestamp: bool = True) -> xr.D
 
 def package_versions() -> dict[str, str]:
     """Header keyword -> version of kspec_xr and the packages its results depend on."""
+    return dict(_package_versions())
+
+
+@functools.lru_cache(maxsize=1)
+def _package_versions() -> dict[str, str]:
+    """Looked up once per process (the installed versions do not change under it)."""
     out = {}
     for keyword, package in _VERSION_CARDS.items():
         try:

@@ -126,24 +126,29 @@ def with_status(ds: xr.Dataset, status: xr.DataArray, /) -> xr.Dataset:
 
     Lazy on dask-backed Datasets: the reasons are made when computed.
     """
-    status = status.astype("int16")
-    names = [n for n in _DIAGNOSTICS if n in ds and ds[n].dims == ("standard",)]
+    if "standard" in status.indexes and "standard" in ds.indexes:
+        xr.align(status, ds["standard"], join="exact")  # as apply_ufunc on DataArrays did
+    # Variables from here on: nothing to align, no coordinates to build and drop
+    status = status.variable.astype("int16")
+    variables = ds.variables
+    names = [n for n in _DIAGNOSTICS if n in variables and variables[n].dims == ("standard",)]
     limits = {k: float(v) for k, v in ds.attrs.items() if k.startswith("gate_")}
     limits = {k.removeprefix("gate_"): v for k, v in limits.items()}
     limits["radius"] = float(ds.attrs.get("catalog_radius_arcsec", np.nan))
+    values = (variables[n] for n in names)
     reason = xr.apply_ufunc(
         _reasons_kernel,
         status,
-        *(ds[n].astype(float) for n in names),
+        *(v if v.dtype == np.float64 else v.astype(float) for v in values),
         kwargs={"keys": [_DIAGNOSTICS[n] for n in names], "limits": limits},
         dask="parallelized",
         output_dtypes=[np.dtype(f"<U{REASON_WIDTH}")],
         keep_attrs=False,
     )
     return ds.assign(
-        standard_status=bare(status).assign_attrs(status_attrs()),
-        standard_reason=bare(reason).assign_attrs(
-            long_name="why a standard is not used ('' = used)"
+        standard_status=xr.Variable(status.dims, status.data, status_attrs()),
+        standard_reason=xr.Variable(
+            reason.dims, reason.data, {"long_name": "why a standard is not used ('' = used)"}
         ),
     )
 

@@ -18,6 +18,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import os
@@ -160,7 +161,8 @@ def _same_bits(a: np.ndarray, b: np.ndarray) -> bool:
     a, b = np.asarray(a), np.asarray(b)
     if a.shape != b.shape or a.dtype.newbyteorder("=") != b.dtype.newbyteorder("="):
         return False
-    a, b = a.astype(a.dtype.newbyteorder("=")), b.astype(b.dtype.newbyteorder("="))
+    a = a.astype(a.dtype.newbyteorder("="), copy=False)  # no copy of native data
+    b = b.astype(b.dtype.newbyteorder("="), copy=False)  # (nor of a broadcast view)
     return bool(np.all(_bits_equal(a, b)))
 
 
@@ -188,6 +190,14 @@ def _parse_unit(units) -> u.UnitBase | None:
     """The astropy unit a unit string means (FITS or kspecdr spelling), or None."""
     if not isinstance(units, str):
         return None
+    return _parse_unit_text(units)
+
+
+# Unit strings are parsed once per process: astropy's parser (and its "did you
+# mean" search on a failure) costs ~0.1 ms a call, and a calibrated file has
+# a few hundred unit strings, nearly all the same.  Astropy units are immutable.
+@functools.lru_cache(maxsize=1024)
+def _parse_unit_text(units: str) -> u.UnitBase | None:
     s = _modern_spelling(units)
     power = re.fullmatch(r"\((.*)\)\s*(?:\*\*|\^)\s*\(?([+-]?\d+)\)?", s)
     if power is not None:
@@ -205,6 +215,13 @@ def _parse_unit(units) -> u.UnitBase | None:
 
 def _fits_parses(units: str) -> bool:
     """True if ``u.Unit(units, format="fits")`` reads ``units`` without a complaint."""
+    if isinstance(units, str):
+        return _fits_parses_text(units)
+    return _fits_parses_text.__wrapped__(units)
+
+
+@functools.lru_cache(maxsize=1024)
+def _fits_parses_text(units: str) -> bool:
     with warnings.catch_warnings():
         warnings.simplefilter("error", u.UnitsWarning)
         try:
@@ -270,7 +287,11 @@ def _fits_units(units) -> str | None:
     else its FITS spelling; None when dimensionless or not expressible."""
     if not isinstance(units, str) or not units.strip():
         return None
-    text = units.strip()
+    return _fits_units_text(units.strip())
+
+
+@functools.lru_cache(maxsize=1024)
+def _fits_units_text(text: str) -> str | None:
     unit = _parse_unit(text)
     if unit is None or unit == u.dimensionless_unscaled:
         return None
@@ -566,18 +587,29 @@ def merge_header(
             out.append(card)
         else:
             out.append(fits.Card(keyword, new.value, card.comment or new.comment))
-    present = {card.keyword: i for i, card in enumerate(out)}
-    anchor = -1
+    # a linked list: inserting after a card costs the same wherever it is (node 0
+    # is the start; `present` names each keyword's last card, which an insertion
+    # never changes for the keywords already there)
+    cards: list = [None, *out]
+    following = [*range(1, len(cards)), -1]
+    present = {card.keyword: i for i, card in enumerate(cards) if i}
+    anchor = 0
     for card in generated.cards:
         if card.keyword in present:
             anchor = present[card.keyword]
             continue
         if _same_value(card.value, _default_for(card.keyword)):
             continue
-        anchor += 1
-        out.insert(anchor, card)
-        present = {c.keyword: i for i, c in enumerate(out)}
-    return fits.Header(out)
+        new = len(cards)
+        cards.append(card)
+        following.append(following[anchor])
+        following[anchor] = new
+        anchor = present[card.keyword] = new
+    merged, node = [], following[0]
+    while node != -1:
+        merged.append(cards[node])
+        node = following[node]
+    return fits.Header(merged)
 
 
 _LONGSTRN = ("LONGSTRN", "OGIP 1.0", "The OGIP long string convention may be used.")
@@ -629,12 +661,26 @@ def _astropy_encoded(hdu, primary: bool) -> tuple[fits.Header, bytes]:
     buffer = io.BytesIO()
     fits.HDUList(hdus).writeto(buffer)
     raw = buffer.getvalue()
-    index = 0 if primary else 1
-    with fits.open(io.BytesIO(raw), lazy_load_hdus=False) as hdul:
-        info = hdul.fileinfo(index)
-        header = hdul[index].header.copy()
-    start = info["datLoc"]
-    return header, raw[start : start + info["datSpan"]]
+    # the header blocks are parsed as fits.open parses them, without building an
+    # HDUList: the HDU is the last in the buffer (after an empty primary), so its
+    # data are the rest of the buffer
+    start = 0 if primary else _header_end(raw, 0)
+    end = _header_end(raw, start)
+    if (len(raw) - end) % BLOCK:  # pragma: no cover - astropy pads every HDU
+        raise ValueError("astropy wrote an HDU that is not a whole number of blocks")
+    return fits.Header.fromstring(raw[start:end].decode("ascii")), raw[end:]
+
+
+_END_CARD = b"END" + b" " * 77
+
+
+def _header_end(raw: bytes, start: int) -> int:
+    """Offset of the first block after the header that begins at ``start``."""
+    for block in range(start, len(raw), BLOCK):
+        for card in range(block, block + BLOCK, 80):
+            if raw[card : card + 80] == _END_CARD:
+                return block + BLOCK
+    raise ValueError("no END card in the header astropy wrote")  # pragma: no cover
 
 
 def _read_back(header: fits.Header, payload: bytes, primary: bool):
@@ -703,8 +749,37 @@ def encode_image(
             header["BLANK"] = stored["BLANK"]
         if _same_bits(_read_back(header, payload, primary), data):
             return header, payload
+    if data.size and data.dtype.kind in "iuf" and data.dtype.newbyteorder("=").str in _PLAIN_IMAGE:
+        return _plain_image(data, primary)
     hdu = fits.PrimaryHDU(data) if primary else fits.ImageHDU(data)
     return _astropy_encoded(hdu, primary)
+
+
+#: dtypes FITS images store as they are (big-endian, no BZERO): encoded without astropy
+_PLAIN_IMAGE = ("|u1", "<i2", "<i4", "<i8", "<f4", "<f8", ">i2", ">i4", ">i8", ">f4", ">f8")
+
+
+@functools.lru_cache(maxsize=64)
+def _image_template(dtype: str, ndim: int, primary: bool) -> fits.Header:
+    """The header astropy writes for an image of this dtype and number of axes."""
+    shape = (1,) * ndim
+    empty = np.zeros(shape, dtype=dtype)
+    return _astropy_encoded(fits.PrimaryHDU(empty) if primary else fits.ImageHDU(empty), primary)[0]
+
+
+def _plain_image(data: np.ndarray, primary: bool) -> tuple[fits.Header, bytes]:
+    """What :func:`_astropy_encoded` gives for an unscaled image, made directly.
+
+    The header is astropy's own for the dtype and number of axes (made once,
+    on a one-pixel image) with the axis lengths set; the data are the
+    big-endian bytes in C order, zero-padded to whole blocks, as astropy
+    writes them.
+    """
+    header = _image_template(data.dtype.newbyteorder("=").str, data.ndim, primary).copy()
+    for axis, n in enumerate(reversed(data.shape), start=1):
+        header[f"NAXIS{axis}"] = n
+    payload = np.ascontiguousarray(data, dtype=data.dtype.newbyteorder(">")).tobytes()
+    return header, payload + b"\0" * (-len(payload) % BLOCK)
 
 
 # --- table columns ----------------------------------------------------------------

@@ -390,7 +390,7 @@ class _Reader:
         """WAVELA must hold positive, finite wavelengths that rise along every fibre."""
         if wave.dtype.kind not in "iuf":
             raise self.error(f"holds {wave.dtype} values, not wavelengths in Å", _WAVELA)
-        grid = wave.astype(np.float64)
+        grid = wave.astype(np.float64, copy=False)
         with np.errstate(invalid="ignore"):
             bad = ~(np.isfinite(grid) & (grid > 0))
             falls = ~(np.diff(grid, axis=1) > 0)

@@ -271,7 +271,7 @@ class _Writer:
         if ds_extra:
             extra[""] = ds_extra
         for name in (n for n in self.ds.variables if n in self.file_vars):
-            more = {k: v for k, v in self.ds[name].attrs.items() if k not in _MANAGED}
+            more = {k: v for k, v in self.ds.variables[name].attrs.items() if k not in _MANAGED}
             if more:
                 extra[name] = more
         return extra
@@ -282,7 +282,7 @@ class _Writer:
         self.file_vars.update(n for n in names if n in self.ds.variables)
 
     def image(self, name: str, default_units: str, bunit: tuple | None = None) -> EncodedHDU:
-        var = self.ds[name].variable
+        var = self.ds.variables[name]
         stored = _header_of(var)
         if name == "variance" and self.calibrated_variance():
             values = self.calibrated_values(var, stored, power=2)
@@ -356,7 +356,7 @@ class _Writer:
         columns: list[tuple[str, np.ndarray, str | None, int | None]] = []
         renumber: dict[int, int] = {}
         for new_number, (name, ttype, old) in enumerate(wanted, start=1):
-            var = self.ds[name].variable
+            var = self.ds.variables[name]
             values = _values(var)
             stored_unit = stored.get(f"TUNIT{old}") if old else None
             if name in raw_of:
@@ -385,7 +385,7 @@ class _Writer:
 
     def _scratch_ttype(self, name: str) -> str:
         reverse = {v: k for k, v in _FIBRES_NAMES.items()}
-        return self.ds[name].attrs.get(COLUMN_ATTR, reverse.get(name, name))
+        return self.ds.variables[name].attrs.get(COLUMN_ATTR, reverse.get(name, name))
 
     @staticmethod
     def _column_unit(units, stored_unit, values) -> str | None:
@@ -397,7 +397,7 @@ class _Writer:
 
     def _angle_column(self, name: str, raw_name: str, degrees: np.ndarray) -> np.ndarray:
         """Stored RA/DEC values where unchanged, converted degrees where edited."""
-        raw = self.ds[raw_name].variable
+        raw = self.ds.variables[raw_name]
         stored = _values(raw)
         values = _angle_from_degrees(degrees, raw.attrs.get("units", "rad"))
         if stored.shape == degrees.shape:
@@ -473,7 +473,7 @@ class _Writer:
         # Dataset lists its variables in another order, the file must not change
         names = sorted(names, key=lambda n: (n != row_dim, n not in self.ds.coords))
         for number, name in enumerate(names, start=1):
-            var = self.ds[name].variable
+            var = self.ds.variables[name]
             order = ([row_dim] if row_dim else []) + [d for d in var.dims if d != row_dim]
             values = _values(var.transpose(*order))
             if not row_dim:
@@ -510,7 +510,7 @@ class _Writer:
             row_dim = str(others[0] if others else (var.dims[0] if var.dims else ""))
             tables.setdefault(row_dim, []).append(name)
         hdus = [
-            self.product_image(name, self.ds[name].variable, name in self.ds.coords)
+            self.product_image(name, self.ds.variables[name], name in self.ds.coords)
             for name in images
         ]
         hdus += [self.product_table(dim, names) for dim, names in tables.items()]
@@ -566,7 +566,7 @@ class _Writer:
         return [self.wavela(fits.Header([("EXTNAME", _WAVELA)]))]
 
     def file_hdu(self, key: str, name: str) -> EncodedHDU:
-        var = self.ds[name].variable
+        var = self.ds.variables[name]
         if name == "variance":
             default = _squared_units(str(self.ds.flux.attrs.get("units", _DEFAULT_FLUX_UNITS)))
             return self.image("variance", default)

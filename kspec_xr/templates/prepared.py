@@ -14,7 +14,9 @@ A cache entry is trusted only after two checks (see :func:`prepare_templates`):
 its ``inputs`` record (grid identity and coordinates, wavelengths, FWHM,
 ``vmax``, ``oversample``, bands, code and format versions) must equal the
 caller's, and every array must match the SHA-256 recorded when it was
-written, with ``meta.json`` itself under a digest.
+written, with ``meta.json`` itself under a digest.  An array once found
+intact is not hashed again while its file keeps the stamp (inode, size,
+mtime, ctime) recorded then (see :meth:`PreparedTemplates.open`).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import logging
 import os
 import shutil
 import threading
+import time
 import uuid
 import warnings
 from collections import OrderedDict
@@ -40,7 +43,7 @@ import xarray as xr
 
 from .._base.bands import COLOR_PAIRS, KNOWN_BANDS, band_range, filter_curve
 from .._base.errors import CalibrationError, KspecWarning, TemplateError
-from .._base.paths import cache_dir
+from .._base.paths import atomic_output, cache_dir
 from ..kernels.photometry import band_weights, color_pair_indices, mags_from_weights
 from ..kernels.resample import (
     SIGMA_PER_FWHM,
@@ -129,8 +132,9 @@ _ARRAYS = {
     "mags": ("template", "band"),
 }
 _PARAMS = ("teff", "logg", "mh")
-#: arrays opened as read-only memory maps (only a few rows are read per star)
-_MAPPED = ("flux", "continuum")
+#: arrays opened as read-only memory maps (only a few rows are read per star: the
+#: full-resolution templates of its final model, the scoring rows of its candidates)
+_MAPPED = ("flux", "continuum", "scoring_norm", "scoring_cumulative")
 
 
 class _UnusableGrid(TemplateError):
@@ -151,7 +155,7 @@ class PreparedTemplates:
     setup, keep it as long as you calibrate such exposures: it is the
     expensive reusable operator of the calibration, as xESMF's ``Regridder``
     is of regridding.  :meth:`save` and :meth:`open` store it as a folder of
-    ``.npy`` arrays (the full-resolution templates opened as memory maps).
+    ``.npy`` arrays (the templates and their scoring copies opened as memory maps).
 
     Attributes
     ----------
@@ -245,7 +249,15 @@ class PreparedTemplates:
             Check every array against the SHA-256 recorded in ``meta.json``
             (this reads the memory-mapped templates once: about 0.05 s per
             100 MB).  ``meta.json``'s own digest, the shapes and the dtypes
-            are always checked.
+            are always checked.  An array found intact gets a verification
+            stamp in ``verified.json`` beside it (its file's device, inode,
+            size, mtime and ctime; written atomically, only for a file not
+            changed in the last :data:`STAMP_MARGIN_NS`), and is not hashed
+            again while its file keeps that stamp: any write to a file --
+            by kspec_xr, another program or a copy over it -- gives it a new
+            ctime, so tampering and damage done through the file system are
+            still found.  Silent bit rot on the disk that leaves the ctime
+            alone is not (delete ``verified.json`` to hash everything again).
 
         Raises
         ------
@@ -269,10 +281,13 @@ class PreparedTemplates:
                 )
             if _meta_digest(meta) != meta["digest"]:
                 raise bad(f"{folder / 'meta.json'} does not match its digest (edited or damaged)")
+            # each file's identity before it is read: what a verification stamp records
+            stat_time = time.time_ns()
+            before = {name: _file_stamp(folder / f"{name}.npy") for name in _ARRAYS if verify}
             arrays = {}
             for name in _ARRAYS:
-                # the full-resolution templates stay on disk, memory-mapped: a star's
-                # final model reads a few of them (the cache's files are never
+                # the templates stay on disk, memory-mapped: a star's candidates and
+                # final model read a few rows of them (the cache's files are never
                 # changed in place: a new grid is a new folder, renamed into place)
                 path = folder / f"{name}.npy"
                 try:
@@ -291,13 +306,23 @@ class PreparedTemplates:
                     )
                 arrays[name] = array
             if verify:
-                hashes = _hash_arrays(arrays.values())
-                for name, digest in zip(arrays, hashes, strict=True):
+                stamped = _read_stamps(folder, meta)
+                check = [
+                    name
+                    for name in arrays
+                    if before[name] is None
+                    or stamped.get(name) != before[name]
+                    or _file_stamp(folder / f"{name}.npy") != before[name]
+                ]
+                hashes = _hash_arrays(arrays[name] for name in check)
+                for name, digest in zip(check, hashes, strict=True):
                     if digest != meta["arrays"][name]["sha256"]:
                         raise bad(
                             f"{folder / (name + '.npy')} does not match its SHA-256 in "
                             "meta.json (damaged or changed after it was written)"
                         )
+                if check:
+                    _write_stamps(folder, meta, stamped, before, check, stat_time)
             prepared = cls(arrays, bands=meta["bands"], atm=meta["atm"], attrs=meta["attrs"])
         except (OSError, ValueError, KeyError, TypeError, AttributeError, EOFError) as err:
             if isinstance(err, _UnusableGrid):
@@ -488,8 +513,77 @@ def _hash_array(array: np.ndarray) -> str:
 def _hash_arrays(arrays) -> list[str]:
     """:func:`_hash_array` of each, two at a time (hashlib releases the GIL)."""
     arrays = list(arrays)
+    if not arrays:
+        return []
     with ThreadPoolExecutor(max_workers=2) as pool:
         return list(pool.map(_hash_array, arrays))
+
+
+#: the verification stamps of a saved grid's arrays, beside them (see :meth:`PreparedTemplates.open`)
+STAMPS_FILE = "verified.json"
+
+#: a file whose ctime is less than this before it was looked at is not stamped: file
+#: systems keep times at a coarse tick, so a write in the same tick as the last one
+#: could leave the ctime unchanged
+STAMP_MARGIN_NS = 2_000_000_000
+
+
+def _file_stamp(path: Path) -> list[int] | None:
+    """What any write to a file changes: device, inode, size, mtime and ctime (ns)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+
+
+def _read_stamps(folder: Path, meta: dict) -> dict[str, list[int]]:
+    """Array name -> the stamp of its file when it last matched ``meta``'s SHA-256.
+
+    Only stamps made for this ``meta.json`` (its digest) and for each array's
+    recorded SHA-256 count; an unreadable or foreign file gives none.
+    """
+    try:
+        record = json.loads((folder / STAMPS_FILE).read_text())
+        if record.get("digest") != meta["digest"]:
+            return {}
+        return {
+            name: entry["stamp"]
+            for name, entry in record["arrays"].items()
+            if name in meta["arrays"] and entry.get("sha256") == meta["arrays"][name]["sha256"]
+        }
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {}
+
+
+def _write_stamps(folder: Path, meta: dict, stamped: dict, before: dict, hashed, stat_time: int):
+    """Record the stamps of the arrays just hashed (and found intact), atomically.
+
+    A file is stamped only if it did not change while it was read and hashed
+    and its ctime is at least :data:`STAMP_MARGIN_NS` older than the moment it
+    was looked at (so any later write gives it a new ctime); a folder that
+    cannot be written keeps its old stamps (the next open hashes again).
+    """
+    stamps = {name: stamp for name, stamp in stamped.items() if name not in hashed}
+    for name in hashed:
+        stamp = before[name]
+        if (
+            stamp is not None
+            and stamp[4] < stat_time - STAMP_MARGIN_NS
+            and _file_stamp(folder / f"{name}.npy") == stamp
+        ):
+            stamps[name] = stamp
+    if stamps == stamped:
+        return
+    record = {
+        "digest": meta["digest"],
+        "arrays": {
+            name: {"sha256": meta["arrays"][name]["sha256"], "stamp": stamp}
+            for name, stamp in stamps.items()
+        },
+    }
+    with contextlib.suppress(OSError), atomic_output(folder / STAMPS_FILE) as tmp:
+        tmp.write_text(json.dumps(record))
 
 
 def _meta_digest(meta: dict) -> str:
@@ -830,7 +924,9 @@ def prepare_templates(
     An entry is used only if its recorded inputs equal this call's and
     every array matches the SHA-256 recorded when it was written (with a
     digest over ``meta.json``); checking costs a read of the entry (~0.05 s
-    per 100 MB), small next to preparing it (seconds).
+    per 100 MB), small next to preparing it (seconds), and only until the
+    arrays carry verification stamps (:meth:`PreparedTemplates.open`):
+    then a file is hashed again only when a write has changed it.
 
     Smoothing kernel: Gaussian with σ(λ) = sqrt(FWHM_inst(λ)² − (λ/R_grid)²)
     / 2.3548, integrated exactly over source and target bins
@@ -970,7 +1066,8 @@ class _MemoryCache:
 
     An entry opened from disk is valid while every file of its folder keeps
     the inode, size, mtime and ctime it had when it was opened (``meta.json``:
-    inode and size; :func:`prepare_templates` touches its mtime): a replaced,
+    inode and size; :func:`prepare_templates` touches its mtime;
+    :data:`STAMPS_FILE` aside, which says nothing of the grid): a replaced,
     damaged or removed folder is opened (and verified) again.  A grid that
     could not be written to the cache (``built=True``) stays valid: it is the
     one this process built.
@@ -986,6 +1083,8 @@ class _MemoryCache:
         try:
             stamp: list[tuple] = []
             for f in sorted(path.iterdir()):
+                if f.name.startswith((STAMPS_FILE, f".{STAMPS_FILE}.")):
+                    continue  # the verification stamps (and their temporary files)
                 st = f.stat()
                 if f.name == "meta.json":
                     stamp.append((f.name, st.st_ino, st.st_size))
