@@ -29,6 +29,8 @@ import xarray as xr
 
 from ._base.errors import CatalogError, KspecError
 from ._base.paths import atomic_output, same_file, sweep_stale_temps
+from ._base.threads import ENV as THREADS_ENV
+from ._base.threads import available_cpus
 from .nightly import NIGHTLY_NAME, nightly_transfer
 from .pipeline import calibrate_file, check_options, flux_calibrate
 from .templates import open_bosz
@@ -328,8 +330,15 @@ def _connect(client, workers: int | None, n_jobs: int):
         yield own
 
 
-def worker_environment() -> dict:
-    """Environment for worker processes: distributed's defaults less ``MALLOC_TRIM_THRESHOLD_``.
+def worker_environment(n_workers: int = 1) -> dict:
+    """Environment for ``n_workers`` worker processes on this machine.
+
+    Each worker gets its share of the CPUs for the fit's threads
+    (``KSPEC_XR_THREADS``, :mod:`kspec_xr._base.threads`; a value the caller
+    set is kept): with one worker on 2 cores, an exposure's stars are fitted
+    in 2 threads, with two workers in one each.
+
+    The rest is distributed's defaults less ``MALLOC_TRIM_THRESHOLD_``.
 
     distributed sets ``MALLOC_TRIM_THRESHOLD_=65536`` in the workers to hand
     freed memory back to the OS.  Setting it also fixes glibc's mmap threshold
@@ -341,6 +350,8 @@ def worker_environment() -> dict:
 
     env = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}))
     env.pop("MALLOC_TRIM_THRESHOLD_", None)
+    if not os.environ.get(THREADS_ENV, "").strip():
+        env[THREADS_ENV] = str(max(1, available_cpus() // max(1, n_workers)))
     return env
 
 
@@ -350,7 +361,7 @@ def local_cluster(n_workers: int):
     from distributed import LocalCluster  # deferred: slow to import
 
     with (
-        dask.config.set({"distributed.nanny.pre-spawn-environ": worker_environment()}),
+        dask.config.set({"distributed.nanny.pre-spawn-environ": worker_environment(n_workers)}),
         LocalCluster(
             n_workers=n_workers,
             threads_per_worker=1,

@@ -50,4 +50,6 @@ def test_kernels_use_numpy_and_scipy_only():
     inside = {
         m for m in imported if m.startswith("kspec_xr") and not m.startswith("kspec_xr.kernels")
     }
-    assert inside <= {"kspec_xr._base.errors", "kspec_xr._base.status"}, inside
+    # (threads: the standard library's thread pool, for the independent stars of a block)
+    allowed = {"kspec_xr._base.errors", "kspec_xr._base.status", "kspec_xr._base.threads"}
+    assert inside <= allowed, inside

@@ -7,6 +7,8 @@ calibration's 3.1, so the dust is not exactly the model's).
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from astropy.io import fits
@@ -130,6 +132,84 @@ def test_extinction_law_is_g23():
     assert extinction_curve([5500.0])[0] == pytest.approx(3.1, rel=0.03)
     assert np.all(np.diff(extinction_curve(np.linspace(3700, 9300, 50))) < 0)
     assert 3.4 < band_ratio("panstarrs-g") < 3.9
+
+
+@pytest.fixture
+def fresh_dust_cache(tmp_path, monkeypatch):
+    """The law and band ratios computed into (and read from) an empty cache of their own."""
+    from kspec_xr._base import dust
+
+    def clear():
+        for cached in (dust._law_table, dust._ratio_cache, dust.band_ratio):
+            cached.cache_clear()
+
+    monkeypatch.setenv("KSPEC_XR_CACHE", str(tmp_path))
+    clear()
+    yield tmp_path / "dust"
+    clear()
+
+
+def test_the_tabulated_law_is_g23_to_2e_7(fresh_dust_cache):
+    from kspec_xr._base.dust import law_curve
+
+    lam = np.exp(np.random.default_rng(3).uniform(np.log(912.0), np.log(3.0e5), 100_000))
+    direct = law_curve(lam)
+    np.testing.assert_allclose(extinction_curve(lam), direct, rtol=2e-7, atol=0)
+    # held at its end values outside the law's range, like the law
+    assert extinction_curve([500.0])[0] == pytest.approx(law_curve([500.0])[0], rel=1e-7)
+
+
+def test_law_and_band_ratios_come_from_the_cache_in_a_new_process(fresh_dust_cache, monkeypatch):
+    from kspec_xr._base import dust
+
+    lam = np.linspace(3700.0, 8800.0, 500)
+    first_curve = extinction_curve(lam)
+    first_ratios = [band_ratio(b) for b in ("panstarrs-g", "gaiadr2-G")]
+    assert sorted(p.suffix for p in fresh_dust_cache.iterdir()) == [".json", ".npy"]
+
+    # a new process: nothing in memory, and neither dust_extinction nor speclite needed
+    for cached in (dust._law_table, dust._ratio_cache, dust.band_ratio):
+        cached.cache_clear()
+
+    def unavailable(*args):
+        raise AssertionError("recomputed although the cache holds it")
+
+    monkeypatch.setattr(dust, "_model", unavailable)
+    monkeypatch.setattr(dust, "filter_curve", unavailable)
+    np.testing.assert_array_equal(extinction_curve(lam), first_curve)
+    assert [band_ratio(b) for b in ("panstarrs-g", "gaiadr2-G")] == first_ratios
+
+
+def test_a_damaged_dust_cache_is_recomputed_with_a_warning(fresh_dust_cache):
+    from kspec_xr._base import dust
+
+    lam = np.linspace(3700.0, 8800.0, 500)
+    good_curve, good_ratio = extinction_curve(lam), band_ratio("panstarrs-g")
+    (table,) = fresh_dust_cache.glob("*.npy")
+    raw = bytearray(table.read_bytes())
+    raw[-100] ^= 0xFF  # one value of the table
+    table.write_bytes(bytes(raw))
+    ratios = fresh_dust_cache / "band-ratios.json"
+    record = json.loads(ratios.read_text())
+    record["ratios"]["panstarrs-g"] -= 0.5  # a ratio edited, its digest not
+    ratios.write_text(json.dumps(record))
+    for cached in (dust._law_table, dust._ratio_cache, dust.band_ratio):
+        cached.cache_clear()
+    with pytest.warns(RuntimeWarning, match="does not verify") as caught:
+        curve, ratio = extinction_curve(lam), band_ratio("panstarrs-g")
+    assert {str(w.message).split(":")[0] for w in caught} == {str(table), str(ratios)}
+    np.testing.assert_array_equal(curve, good_curve)
+    assert ratio == good_ratio
+
+
+def test_the_dust_numbers_are_computed_without_a_writable_cache(fresh_dust_cache, monkeypatch):
+    from kspec_xr._base import dust
+
+    monkeypatch.setenv("KSPEC_XR_CACHE", "/proc/kspec_xr_no_cache")  # cannot be created
+    for cached in (dust._law_table, dust._ratio_cache, dust.band_ratio):
+        cached.cache_clear()
+    assert 3.4 < band_ratio("panstarrs-g") < 3.9
+    assert extinction_curve([5500.0])[0] == pytest.approx(3.1, rel=0.03)
 
 
 @pytest.fixture(scope="module")

@@ -33,6 +33,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .._base.status import FitStatus
+from .._base.threads import map_threads
 from .lsf import fwhm_profile, profile_minimum, trial_fwhms
 from .photometry import ColorChi2
 from .resample import (
@@ -121,6 +122,12 @@ class TemplateGrid:
         if scoring is not None:
             scoring.__dict__.update(lattice=self.lattice, axes=self.axes)
             self.__dict__["scoring"] = scoring
+
+    def warm(self) -> None:
+        """Make the lazy arrays that every star reads (before threads share the grid)."""
+        for grid in (self, self.__dict__.get("scoring")):
+            if grid is not None:
+                grid.edges, grid.lattice, grid.axes  # noqa: B018 (cached on first access)
 
     @property
     def dlnl(self) -> float:
@@ -735,6 +742,7 @@ def fit_block(
     ebv_max: float = 0.5,
     ebv_min: float = 0.0,
     first_pass: bool = False,
+    threads: int = 1,
 ) -> FitBlock:
     """Fit every star of a block: stars (S, P) and (S, B), the grid's arrays as given.
 
@@ -747,6 +755,8 @@ def fit_block(
     without a given one are wanted, for a fit that is redone: those stars
     stop after the parameters (``fit_star(final=False)``: no velocity
     refinement, model NaN) and the stars with a given E(B−V) are not fitted.
+    ``threads``: stars fitted at once (the same numbers; see
+    :mod:`kspec_xr._base.threads`).
     """
     scoring = TemplateGrid(
         scoring_loglam,
@@ -778,18 +788,26 @@ def fit_block(
     out["model_mags"] = np.full((n_star, grid.mags.shape[1]), np.nan)
     out["ebv"] = np.full(n_star, np.nan)
     out["ebv_err"] = np.full(n_star, np.nan)
-    for s in range(n_star):
+
+    def one(s: int) -> StarFit | FitStatus | None:
         if not np.any(np.isfinite(mags[s])):
-            out["status"][s] = FitStatus.NO_PHOTOMETRY
-            continue
+            return FitStatus.NO_PHOTOMETRY
         if first_pass and np.isfinite(ebv[s]):
-            continue
+            return None
         candidates = teff_candidates(grid.params[:, 0], teff_lo[s], teff_hi[s])
-        fit = fit_star(
+        return fit_star(
             wave, flux[s], variance[s], good[s], mags[s], errs[s], grid, candidates,
             metric=metric, vmax=vmax, ebv=float(ebv[s]), reddening=reddening,
             extinction=extinction, ebv_max=ebv_max, ebv_min=ebv_min, final=not first_pass,
         )  # fmt: skip
+
+    grid.warm()  # the shared lazy arrays made once, before any thread reads them
+    for s, fit in enumerate(map_threads(one, range(n_star), min(threads, n_star))):
+        if fit is None:
+            continue
+        if not isinstance(fit, StarFit):
+            out["status"][s] = fit
+            continue
         for name, value in (
             ("teff", fit.teff),
             ("logg", fit.logg),
@@ -837,13 +855,14 @@ def fwhm_block(
     pairs,
     fwhm0: float,
     edges: np.ndarray,
+    threads: int = 1,
 ) -> FwhmBlock:
     """Measure the instrument FWHM on every star of a block (see :mod:`kspec_xr.kernels.lsf`).
 
     Each star's model at its fitted parameters and velocity is built from a
     grid prepared at the sharp FWHM ``fwhm0`` (the arrays of
     :meth:`kspec_xr.templates.PreparedTemplates.kernel_inputs`); stars with
-    no fit (NaN parameters) get NaN.
+    no fit (NaN parameters) get NaN.  ``threads``: stars measured at once.
     """
     grid = TemplateGrid(
         loglam, template_flux, template_continuum, params, template_mags, pairs, rows=rows
@@ -858,13 +877,18 @@ def fwhm_block(
         np.full((n_star, n_seg), np.nan),
         np.full((n_star, n_seg), np.nan),
     )
-    for s in range(n_star):
+
+    def one(s: int):
         if not np.all(np.isfinite([teff[s], logg[s], mh[s], rv[s]])):
-            continue
+            return None
         model = grid.model_at(teff[s], logg[s], mh[s], rv[s], wave_edges)
-        chi2, counts = fwhm_profile(
-            wave, flux[s], variance[s], good[s], model, fwhm0, trials, edges
-        )
+        return fwhm_profile(wave, flux[s], variance[s], good[s], model, fwhm0, trials, edges)
+
+    grid.warm()
+    for s, profile in enumerate(map_threads(one, range(n_star), min(threads, n_star))):
+        if profile is None:
+            continue
+        chi2, counts = profile
         for k in range(n_seg + 1):
             value, err = profile_minimum(trials, chi2[k], counts[k] - 1)
             if k == 0:

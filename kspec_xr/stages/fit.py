@@ -32,6 +32,7 @@ from .._base.schema import (
     standard_index,
     with_status,
 )
+from .._base.threads import stage_threads
 from ..kernels.photometry import teff_from_colors as teff_from_colors_kernel
 from ..kernels.template_fit import FitBlock, fit_block
 from ..templates import fwhm_at, resolve_templates
@@ -207,6 +208,7 @@ def fit_standards(
     good = (ds["mask"].isel(fiber=fibers) & ~bit("TELLURIC")) == 0
     good = good & ~bad_region
     n_band = len(bands)
+    threads = stage_threads(flux, flux.sizes["standard"])
 
     def run(
         star_ebv: xr.DataArray, some_free: bool, first_pass: bool = False
@@ -263,6 +265,7 @@ def fit_standards(
                 # is unbiased for an unreddened field (the median is clipped instead)
                 "ebv_min": -0.2 if ebv_fit == "field" else 0.0,
                 "first_pass": first_pass,
+                "threads": threads,
             },
             dask="parallelized",
             output_dtypes=[float] * 6

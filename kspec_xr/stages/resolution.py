@@ -23,6 +23,7 @@ from .._base.maskbits import bit
 from .._base.provenance import primary_header
 from .._base.regions import in_regions
 from .._base.schema import StandardStatus, bare, stage, standard_index
+from .._base.threads import stage_threads
 from ..kernels.lsf import combine_fwhm
 from ..kernels.template_fit import FwhmBlock, fwhm_block
 from ..templates import PreparedTemplates, open_bosz, resolve_templates
@@ -144,7 +145,12 @@ def measure_resolution(
         + [["wavelength"]]
         + [list(a.dims) for a in arrays.values()],
         output_core_dims=[[], [], ["fwhm_segment"], ["fwhm_segment"]],
-        kwargs={"pairs": inputs["pairs"], "fwhm0": fwhm0, "edges": edges},
+        kwargs={
+            "pairs": inputs["pairs"],
+            "fwhm0": fwhm0,
+            "edges": edges,
+            "threads": stage_threads(ds["flux"], fibers.size),
+        },
         dask="parallelized",
         output_dtypes=[float] * 4,
         dask_gufunc_kwargs={"allow_rechunk": True, "output_sizes": {"fwhm_segment": segments}},

@@ -1,0 +1,69 @@
+"""The standards of an eager exposure are fitted in threads: the same numbers as one thread."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import kspec_xr as kx
+from kspec_xr._base.errors import OptionError
+from kspec_xr._base.threads import ENV, available_cpus, kernel_threads, stage_threads
+from kspec_xr.batch import worker_environment
+from kspec_xr.testing import make_exposure
+
+
+@pytest.fixture(scope="module")
+def exposure(tmp_path_factory):
+    # reddened, so that the fit runs both its passes (E(B-V) fitted, then the field's)
+    return make_exposure(
+        21, n_fiber=20, n_standard=6, n_pixel=1800, mismatch=0.2, ebv=(0.02, 0.05),
+        directory=tmp_path_factory.mktemp("threads"),
+    )  # fmt: skip
+
+
+def _calibrated(exposure, threads: str, monkeypatch):
+    monkeypatch.setenv(ENV, threads)
+    return kx.flux_calibrate(exposure.red, catalog=exposure.catalog_path)
+
+
+def test_threads_give_the_same_calibration_bit_for_bit(exposure, monkeypatch):
+    one = _calibrated(exposure, "1", monkeypatch)
+    three = _calibrated(exposure, "3", monkeypatch)  # more threads than cores: still the same
+    assert kernel_threads(6) == 3
+    compared = 0
+    for name, var in one.data_vars.items():
+        if var.dtype.kind in "fiu":
+            np.testing.assert_array_equal(three[name].values, var.values, err_msg=name)
+            compared += 1
+    assert compared > 40
+    assert np.isfinite(one["fit_teff"]).all() and "std_fwhm" in one  # fit and FWHM check ran
+    assert float(one["fit_ebv"][0]) > 0  # the field's E(B-V) was fitted: two passes
+
+
+def test_thread_count_default_option_and_bad_values(monkeypatch):
+    monkeypatch.delenv(ENV, raising=False)
+    assert kernel_threads(100) == available_cpus()
+    assert kernel_threads(1) == 1  # never more threads than pieces of work
+    monkeypatch.setenv(ENV, "2")
+    assert kernel_threads(10) == 2
+    for bad in ("0", "-1", "two", "1.5"):
+        monkeypatch.setenv(ENV, bad)
+        with pytest.raises(OptionError, match=f"{ENV} must be a positive integer.*{bad}"):
+            kernel_threads(4)
+
+
+def test_a_dask_backed_exposure_is_not_threaded(exposure, monkeypatch):
+    monkeypatch.setenv(ENV, "4")
+    eager = exposure.red["flux"]
+    assert stage_threads(eager, 6) == 4
+    assert stage_threads(eager.chunk({"fiber": 5}), 6) == 1  # dask runs the chunks in parallel
+
+
+def test_batch_workers_share_the_cpus(monkeypatch):
+    monkeypatch.delenv(ENV, raising=False)
+    cpus = available_cpus()
+    assert worker_environment(1)[ENV] == str(cpus)
+    assert worker_environment(cpus)[ENV] == "1"
+    assert worker_environment(4 * cpus)[ENV] == "1"
+    monkeypatch.setenv(ENV, "3")  # the caller's choice reaches the workers unchanged
+    assert ENV not in worker_environment(1)
