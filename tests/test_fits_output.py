@@ -90,6 +90,54 @@ def test_fitsverify_finds_no_warning_and_no_error(written, kind):
     assert (int(found.group(1)), int(found.group(2))) == (0, 0), report
 
 
+def _table_columns(n: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(1)
+    return {
+        "f8": np.array([1.0, np.nan, np.inf, -0.0, 2.5])[:n], "f4": rng.normal(size=n).astype("f4"),
+        "i2": np.arange(n, dtype="i2") - 2, "i4": np.arange(n, dtype="i4") * -7,
+        "i8": np.arange(n, dtype="i8") * 10**12, "u1": np.arange(n, dtype="u1"),
+        "u2": np.arange(n, dtype="u2") * 16000, "u4": np.arange(n, dtype="u4") * 10**9,
+        "bool": np.arange(n) % 2 == 0, "text": np.array(["a", "bb", "", "dddd", "e e"])[:n],
+        "bytes": np.array([b"x", b"", b"yz", b"q", b"r"])[:n], "vector": rng.normal(size=(n, 3)),
+        "cube": rng.normal(size=(n, 2, 3)), "complex": rng.normal(size=n) + 1j,
+        "ints": np.arange(4 * n, dtype="i4").reshape(n, 4),
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("n", [5, 0])
+def test_tables_encoded_directly_are_the_bytes_astropy_writes(n, monkeypatch):
+    from kspec_xr.io import _fits
+
+    columns = [(name, values, unit, None) for name, values in _table_columns(n).items()
+               for unit in (None,)] + [("wave", np.arange(n, dtype=float), "Angstrom", None)]  # fmt: skip
+    for chosen in [[c] for c in columns] + [columns]:
+        monkeypatch.setattr(_fits, "DIRECT_TABLES", False)
+        header, data = _fits.encode_table(chosen, nrows=n)
+        monkeypatch.setattr(_fits, "DIRECT_TABLES", True)
+        assert (
+            _fits._direct_table([_fits._column_for(c[0], c[1], c[2], {})[0] for c in chosen], n)
+            is not None
+        ), chosen[0][0]  # the direct path is the one taken
+        direct_header, direct_data = _fits.encode_table(chosen, nrows=n)
+        assert direct_header.tostring() == header.tostring(), chosen[0][0]
+        assert direct_data == data, chosen[0][0]
+
+
+def test_a_written_file_is_the_same_with_direct_tables(calibrated, sim, tmp_path, monkeypatch):
+    from kspec_xr.io import _fits
+    from kspec_xr.io.write import calibration_header
+
+    described = calibration_header(calibrated)
+    for source, name in ((described, "fcal"), (sim.red, "raw")):
+        monkeypatch.setattr(_fits, "DIRECT_TABLES", False)
+        by_astropy = kx.write_red(source, tmp_path / f"{name}-astropy.fits").read_bytes()
+        monkeypatch.setattr(_fits, "DIRECT_TABLES", True)
+        direct = kx.write_red(source, tmp_path / f"{name}-direct.fits").read_bytes()
+        assert direct == by_astropy, name
+    with fits.open(tmp_path / "fcal-direct.fits") as hdul:
+        assert sum(isinstance(h, fits.BinTableHDU) for h in hdul) >= 3
+
+
 def test_long_strings_are_announced(written):
     with fits.open(written["plain"]) as hdul:
         for hdu in hdul:

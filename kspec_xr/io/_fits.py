@@ -27,6 +27,7 @@ import stat
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from astropy import units as u
@@ -853,8 +854,21 @@ def _stored_column(stored: fits.Header, number: int) -> dict:
     }
 
 
+class _ColumnSpec(NamedTuple):
+    """One column as it will be written: its keywords and the values to store."""
+
+    name: str
+    tform: str
+    values: np.ndarray  # physical values, or the raw integers of a scaled column
+    unit: str | None
+    tzero: int | None  # the unsigned-integer offset
+    null: int | None
+    disp: str | None
+    dim: str | None
+
+
 def _column_for(name: str, values: np.ndarray, unit: str | None, stored: dict, scaling=True):
-    """A ``fits.Column`` for one column, and its raw (TSCAL, TZERO) scaling or None.
+    """A :class:`_ColumnSpec` for one column, and its raw (TSCAL, TZERO) scaling or None.
 
     The stored ``TFORMn`` (and ``TDIMn``, ``TNULLn``, ``TDISPn``) are reused
     while the values still fit them; a scaled integer column read as floats
@@ -875,33 +889,148 @@ def _column_for(name: str, values: np.ndarray, unit: str | None, stored: dict, s
         elif code == new_code and (repeat >= new_repeat if code == "A" else repeat == new_repeat):
             tform, tdim = stored["TFORM"], stored.get("TDIM", tdim)
     integer = _strip_repeat(tform)[1] in _BITS_FOR_CODE
-    column = fits.Column(
-        name=name,
-        format=tform,
-        array=values,
-        unit=unit,
-        bzero=tzero,
-        null=stored.get("TNULL") if integer else None,
-        disp=stored.get("TDISP"),
-        dim=tdim,
+    spec = _ColumnSpec(
+        name, tform, values, unit, tzero, stored.get("TNULL") if integer else None,
+        stored.get("TDISP"), tdim,
+    )  # fmt: skip
+    return spec, raw_scaling
+
+
+def _astropy_column(spec: _ColumnSpec) -> fits.Column:
+    return fits.Column(
+        name=spec.name,
+        format=spec.tform,
+        array=spec.values,
+        unit=spec.unit,
+        bzero=spec.tzero,
+        null=spec.null,
+        disp=spec.disp,
+        dim=spec.dim,
     )
-    return column, raw_scaling
+
+
+#: big-endian storage of the codes the direct encoder writes (L and A apart)
+_STORAGE = {"B": "u1", "I": ">i2", "J": ">i4", "K": ">i8", "E": ">f4", "D": ">f8",
+            "C": ">c8", "M": ">c16"}  # fmt: skip
+#: the comments astropy gives a binary table's mandatory cards
+_TABLE_CARDS = (
+    ("XTENSION", "BINTABLE", "binary table extension"),
+    ("BITPIX", 8, "array data type"),
+    ("NAXIS", 2, "number of array dimensions"),
+    ("NAXIS1", 0, "length of dimension 1"),
+    ("NAXIS2", 0, "length of dimension 2"),
+    ("PCOUNT", 0, "number of group parameters"),
+    ("GCOUNT", 1, "number of groups"),
+    ("TFIELDS", 0, "number of table fields"),
+)
+
+
+def _stored_cells(spec: _ColumnSpec, nrows: int) -> np.ndarray | None:
+    """(nrows, bytes per row) uint8 of one column as FITS stores it, or None to leave it
+    to astropy (a format or dtype the direct encoder does not write)."""
+    repeat, code = _strip_repeat(spec.tform)
+    values = spec.values
+    if values.shape[:1] != (nrows,) or values.dtype.kind not in "biufcUS":
+        return None
+    cell = int(np.prod(values.shape[1:])) if values.ndim > 1 else 1
+    if code == "A":
+        if values.ndim != 1 or values.dtype.kind not in "US":
+            return None
+        try:
+            raw = values.astype(f"S{repeat}") if values.dtype.kind == "U" else values
+        except UnicodeEncodeError:
+            return None  # astropy says what is wrong with it
+        if raw.dtype.itemsize > repeat and raw.size and np.char.str_len(raw).max() > repeat:
+            return None  # astropy would truncate; it is left to say so
+        return np.ascontiguousarray(raw, dtype=f"S{repeat}").view(np.uint8).reshape(nrows, repeat)
+    if cell != repeat or values.dtype.kind in "US":
+        return None
+    if code == "L":
+        if values.dtype.kind != "b":
+            return None
+        stored = np.where(values, np.uint8(ord("T")), np.uint8(ord("F")))
+    elif code in _STORAGE:
+        kind = values.dtype.kind
+        if code in "CM" and kind != "c" or code in "ED" and kind not in "fiu":
+            return None
+        if code in _BITS_FOR_CODE:
+            if kind not in "iu":
+                return None
+            if spec.tzero is None:
+                shifted = values.astype(np.int64)
+            else:  # unsigned: stored minus the offset, as astropy does
+                shifted = (values.astype(np.uint64) - np.uint64(spec.tzero)).view(np.int64)
+            info = np.iinfo(_STORAGE[code])
+            if shifted.size and (shifted.min() < info.min or shifted.max() > info.max):
+                return None
+            stored = shifted.astype(_STORAGE[code])
+        else:
+            stored = values.astype(_STORAGE[code])
+    else:
+        return None
+    stored = np.ascontiguousarray(stored)
+    return stored.view(np.uint8).reshape(nrows, stored.dtype.itemsize * cell)
+
+
+def _direct_table(specs: list[_ColumnSpec], nrows: int) -> tuple[fits.Header, bytes] | None:
+    """What astropy writes for an unscaled binary table, made directly, or None.
+
+    The header has astropy's cards in astropy's order (``TTYPE``, ``TFORM``,
+    ``TUNIT``, ``TNULL``, ``TZERO``, ``TDISP``, ``TDIM`` per column); the rows
+    are the columns' big-endian bytes side by side, strings NUL-padded,
+    logicals ``T``/``F``, zero-padded to whole blocks.  A column it does not
+    handle leaves the whole table to astropy.
+    """
+    cells = []
+    for spec in specs:
+        stored = _stored_cells(spec, nrows)
+        if stored is None:
+            return None
+        cells.append(stored)
+    rows = np.concatenate(cells, axis=1) if cells else np.zeros((nrows, 0), np.uint8)
+    cards = [list(card) for card in _TABLE_CARDS]
+    cards[3][1], cards[4][1], cards[7][1] = rows.shape[1], nrows, len(specs)
+    for n, spec in enumerate(specs, start=1):
+        cards.append([f"TTYPE{n}", spec.name, None])
+        cards.append([f"TFORM{n}", spec.tform, None])
+        for key, value in (
+            ("TUNIT", spec.unit),
+            ("TNULL", spec.null),
+            ("TZERO", spec.tzero),
+            ("TDISP", spec.disp),
+            ("TDIM", spec.dim),
+        ):
+            if value is not None and value != "":
+                cards.append([f"{key}{n}", value, None])
+    header = fits.Header([tuple(card) if card[2] else tuple(card[:2]) for card in cards])
+    payload = rows.tobytes()
+    return header, payload + b"\0" * (-len(payload) % BLOCK)
 
 
 def _encode_table_once(columns, stored: fits.Header, nrows, unscaled: set[int]):
-    made, scalings = [], {}
+    specs, scalings = [], {}
     for number, (name, values, unit, old) in enumerate(columns, start=1):
         spec = _stored_column(stored, old) if old else {}
         column, scaling = _column_for(name, values, unit, spec, number not in unscaled)
-        made.append(column)
+        specs.append(column)
         if scaling is not None:
             scalings[number] = scaling
-    hdu = fits.BinTableHDU.from_columns(fits.ColDefs(made), nrows=nrows or 0)
+    rows = max((len(spec.values) for spec in specs), default=0) if not nrows else nrows
+    direct = None if scalings or not DIRECT_TABLES else _direct_table(specs, rows)
+    if direct is not None:
+        return *direct, scalings
+    hdu = fits.BinTableHDU.from_columns(
+        fits.ColDefs([_astropy_column(spec) for spec in specs]), nrows=nrows or 0
+    )
     header, payload = _astropy_encoded(hdu, primary=False)
     for number, (scale, zero) in scalings.items():
         header.set(f"TSCAL{number}", scale, after=f"TFORM{number}")
         header.set(f"TZERO{number}", zero, after=f"TSCAL{number}")
     return header, payload, scalings
+
+
+#: unscaled tables are encoded directly (:func:`_direct_table`); False: all by astropy
+DIRECT_TABLES = True
 
 
 def encode_table(
