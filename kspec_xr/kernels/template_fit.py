@@ -25,6 +25,7 @@ For one star (observed counts on the exposure's pixels) and a prepared grid
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from functools import cached_property
@@ -505,6 +506,71 @@ def fit_star(
         magnitudes and E(B−V) are computed; the velocity is the
         cross-correlation's and the model is NaN), for a fit that is redone
     """
+    scored = score_candidates(
+        wave, flux, variance, good, mags, mag_errs, grid, candidates,
+        metric=metric, vmax=vmax, n_xcorr=n_xcorr, model_error=model_error,
+        smooth_scale=smooth_scale, ebv=ebv, reddening=reddening, extinction=extinction,
+        ebv_max=ebv_max, ebv_min=ebv_min, final=final,
+    )  # fmt: skip
+    return scored if isinstance(scored, StarFit) else finish_fit(scored)
+
+
+@dataclass
+class _Scored:
+    """What :func:`score_candidates` hands to :func:`finish_fit` for one star."""
+
+    wave: np.ndarray
+    wave_edges: np.ndarray
+    grid: TemplateGrid
+    candidates: np.ndarray
+    lattice: np.ndarray
+    spectra: _CandidateSpectra
+    scorer: Scorer
+    scorer_chi2: Scorer
+    colours: ColorChi2
+    inflate: float
+    total: np.ndarray
+    best_local: int
+    chi2_red: float
+    rv: float
+    gpix: np.ndarray
+    width: int
+    n_good: int
+    n_col: int
+    fit_ebv: bool
+    ebv: float
+    reddening: np.ndarray | None
+    extinction: np.ndarray | None
+    final: bool
+
+
+def score_candidates(
+    wave: np.ndarray,
+    flux: np.ndarray,
+    variance: np.ndarray,
+    good: np.ndarray,
+    mags: np.ndarray,
+    mag_errs: np.ndarray,
+    grid: TemplateGrid,
+    candidates: np.ndarray,
+    *,
+    metric: str = "chi2",
+    vmax: float = 500.0,
+    n_xcorr: int = 5,
+    model_error: float = 0.01,
+    smooth_scale: float = 150.0,
+    ebv: float = 0.0,
+    reddening: np.ndarray | None = None,
+    extinction: np.ndarray | None = None,
+    ebv_max: float = 0.5,
+    ebv_min: float = 0.0,
+    final: bool = True,
+) -> StarFit | _Scored:
+    """Steps 1-4 of :func:`fit_star` (velocity, every candidate scored, the colours added):
+    the part that runs outside the GIL, so that a block's stars do it in threads.
+
+    Returns the state :func:`finish_fit` goes on from, or the failed :class:`StarFit`.
+    """
     n_pix = wave.size
     nan_fit = StarFit(
         *(np.nan,) * 6,
@@ -581,6 +647,24 @@ def fit_star(
     inflate = max(1.0, chi2_red)
     total = spec_score / inflate + col_chi2
     best_local = int(np.argmin(total))
+    return _Scored(
+        wave=wave, wave_edges=wave_edges, grid=grid, candidates=candidates, lattice=lattice,
+        spectra=spectra, scorer=scorer, scorer_chi2=scorer_chi2, colours=colours,
+        inflate=inflate, total=total, best_local=best_local, chi2_red=chi2_red, rv=rv,
+        gpix=gpix, width=width, n_good=n_good, n_col=n_col, fit_ebv=fit_ebv, ebv=ebv,
+        reddening=reddening, extinction=extinction, final=final,
+    )  # fmt: skip
+
+
+def finish_fit(state: _Scored) -> StarFit:
+    """Step 5 of :func:`fit_star`: the parameters refined between nodes (Powell), the
+    velocity against the refined model, and the model (Python-heavy: one star at a time)."""
+    (
+        wave, wave_edges, grid, candidates, lattice, spectra, scorer, scorer_chi2, colours,
+        inflate, total, best_local, chi2_red, rv, gpix, width, n_good, n_col, fit_ebv, ebv,
+        reddening, extinction, final,
+    ) = (getattr(state, field.name) for field in dataclasses.fields(state))  # fmt: skip
+    n_pix = wave.size
     target, refined_score = _refine(
         lattice,
         spectra,
@@ -789,25 +873,30 @@ def fit_block(
     out["ebv"] = np.full(n_star, np.nan)
     out["ebv_err"] = np.full(n_star, np.nan)
 
-    def one(s: int) -> StarFit | FitStatus | None:
+    def scored(s: int) -> StarFit | _Scored | FitStatus | None:
         if not np.any(np.isfinite(mags[s])):
             return FitStatus.NO_PHOTOMETRY
         if first_pass and np.isfinite(ebv[s]):
             return None
         candidates = teff_candidates(grid.params[:, 0], teff_lo[s], teff_hi[s])
-        return fit_star(
+        return score_candidates(
             wave, flux[s], variance[s], good[s], mags[s], errs[s], grid, candidates,
             metric=metric, vmax=vmax, ebv=float(ebv[s]), reddening=reddening,
             extinction=extinction, ebv_max=ebv_max, ebv_min=ebv_min, final=not first_pass,
         )  # fmt: skip
 
+    # the stars scored in threads (array work, outside the GIL); each then refined in
+    # turn: the refinement is Python-heavy, and two at once contend for the GIL
     grid.warm()  # the shared lazy arrays made once, before any thread reads them
-    for s, fit in enumerate(map_threads(one, range(n_star), min(threads, n_star))):
-        if fit is None:
+    states = list(map_threads(scored, range(n_star), min(threads, n_star)))
+    for s, state in enumerate(states):
+        if state is None:
             continue
-        if not isinstance(fit, StarFit):
-            out["status"][s] = fit
+        if not isinstance(state, StarFit | _Scored):
+            out["status"][s] = state
             continue
+        fit = state if isinstance(state, StarFit) else finish_fit(state)
+        states[s] = None  # its candidates' arrays freed as it goes
         for name, value in (
             ("teff", fit.teff),
             ("logg", fit.logg),
