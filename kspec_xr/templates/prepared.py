@@ -669,6 +669,26 @@ def _stack_templates(grid: xr.DataArray) -> xr.DataArray:
     return stacked
 
 
+#: templates transposed and convolved at a time by :func:`_apply_to_rows`
+_ROWS_AT_ONCE = 64
+
+
+def _apply_to_rows(matrix, rows: np.ndarray) -> np.ndarray:
+    """(T, L) float32: ``matrix`` (L, N sparse) applied to each row of ``rows`` (T, N).
+
+    ``matrix @ rows.T`` as scipy computes it first copies ``rows.T`` into C order,
+    a transpose of the whole (T, N) array whose strided reads cost ~1 s per
+    array for a 572-template grid, more than the product; done in blocks of
+    :data:`_ROWS_AT_ONCE` templates the copies stay in the cache (the same
+    numbers, 10× faster).
+    """
+    out = np.empty((rows.shape[0], matrix.shape[0]), dtype=np.float32)
+    for first in range(0, rows.shape[0], _ROWS_AT_ONCE):
+        block = np.ascontiguousarray(rows[first : first + _ROWS_AT_ONCE].T)
+        out[first : first + _ROWS_AT_ONCE] = np.asarray(matrix @ block).T
+    return out
+
+
 def _compute_pair(stacked: xr.DataArray) -> tuple[np.ndarray, np.ndarray]:
     import dask  # deferred: only preparing a grid computes a dask graph here
 
@@ -801,8 +821,8 @@ def _build(grid: xr.DataArray, wavelength: np.ndarray, fwhm: np.ndarray, *, vmax
     else:
         mags = np.empty((flux.shape[0], 0))
 
-    conv_flux = np.asarray(matrix @ flux.T).T.astype("float32")
-    conv_cont = np.asarray(matrix @ continuum.T).T.astype("float32")
+    conv_flux = _apply_to_rows(matrix, flux)
+    conv_cont = _apply_to_rows(matrix, continuum)
 
     # binned from the stored float32 arrays, exactly as kernel_grid bins them
     scoring_flux = bin_pixels(conv_flux, oversample)
