@@ -28,6 +28,7 @@ import pandas as pd
 import xarray as xr
 
 from ._base.errors import CatalogError, KspecError
+from ._base.memory import without_huge_pages
 from ._base.paths import atomic_output, same_file, sweep_stale_temps
 from ._base.threads import ENV as THREADS_ENV
 from ._base.threads import available_cpus
@@ -338,7 +339,9 @@ def worker_environment(n_workers: int = 1) -> dict:
     set is kept): with one worker on 2 cores, an exposure's stars are fitted
     in 2 threads, with two workers in one each.
 
-    The rest is distributed's defaults less ``MALLOC_TRIM_THRESHOLD_``.
+    numpy without transparent huge pages (``NUMPY_MADVISE_HUGEPAGE=0``, unless
+    the caller set it: see :mod:`kspec_xr._base.memory`); the rest is
+    distributed's defaults less ``MALLOC_TRIM_THRESHOLD_``.
 
     distributed sets ``MALLOC_TRIM_THRESHOLD_=65536`` in the workers to hand
     freed memory back to the OS.  Setting it also fixes glibc's mmap threshold
@@ -352,6 +355,7 @@ def worker_environment(n_workers: int = 1) -> dict:
     env.pop("MALLOC_TRIM_THRESHOLD_", None)
     if not os.environ.get(THREADS_ENV, "").strip():
         env[THREADS_ENV] = str(max(1, available_cpus() // max(1, n_workers)))
+    without_huge_pages(env)
     return env
 
 

@@ -7,7 +7,8 @@ printed as one "internal error" line with exit status 1.  ``--debug``,
 anywhere on the line, shows the traceback instead.
 
 The calibration itself (numpy, xarray, astropy, scipy …) is imported by the
-subcommand that needs it, so that ``kspec-xr --help`` answers at once.
+subcommand that needs it, so that ``kspec-xr --help`` answers at once; numpy
+is started without transparent huge pages (:mod:`kspec_xr._base.memory`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import os
 import sys
 
 from ._base.errors import KspecError
+from ._base.memory import without_huge_pages
 
 #: names of the gating thresholds (kspec_xr.stages.gate.GATE_DEFAULTS), here so
 #: that parsing --gate does not import the calibration
@@ -314,6 +316,8 @@ def main(argv: list[str] | None = None) -> int:
     input or the options (one line naming what to fix); 130 interrupted.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
+    if "numpy" not in sys.modules:  # (numpy reads it on import; see kspec_xr._base.memory)
+        without_huge_pages(os.environ)
     debug = "--debug" in argv  # accepted anywhere on the line
     args = _parser().parse_args([a for a in argv if a != "--debug"])
     args.debug = debug

@@ -67,3 +67,37 @@ def test_batch_workers_share_the_cpus(monkeypatch):
     assert worker_environment(4 * cpus)[ENV] == "1"
     monkeypatch.setenv(ENV, "3")  # the caller's choice reaches the workers unchanged
     assert ENV not in worker_environment(1)
+
+
+# --- numpy's huge pages in kspec_xr's own processes (kspec_xr._base.memory) -------------
+
+_HUGE_PAGES_AFTER_CLI = """
+import os, sys
+from kspec_xr.cli import main
+code = main(["fluxcal", "absent_red.fits", "-o", "out.fits", "--catalog", "absent.csv"])  # exit 2
+import numpy._core.multiarray as multiarray
+print(code, os.environ.get("NUMPY_MADVISE_HUGEPAGE"), multiarray._get_madvise_hugepage())
+"""
+
+
+@pytest.mark.parametrize(("given", "expected"), [(None, "2 0 False"), ("1", "2 1 True")])
+def test_the_command_line_starts_numpy_without_huge_pages(given, expected, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "NUMPY_MADVISE_HUGEPAGE"}
+    if given is not None:
+        env["NUMPY_MADVISE_HUGEPAGE"] = given  # the user's choice is kept
+    done = subprocess.run(
+        [sys.executable, "-c", _HUGE_PAGES_AFTER_CLI],
+        capture_output=True, text=True, env=env, cwd=tmp_path, check=False,
+    )  # fmt: skip
+    assert done.stdout.split("\n")[-2] == expected, done.stderr
+
+
+def test_batch_workers_start_numpy_without_huge_pages(monkeypatch):
+    monkeypatch.delenv("NUMPY_MADVISE_HUGEPAGE", raising=False)
+    assert worker_environment(2)["NUMPY_MADVISE_HUGEPAGE"] == "0"
+    monkeypatch.setenv("NUMPY_MADVISE_HUGEPAGE", "1")  # inherited by the workers as it is
+    assert "NUMPY_MADVISE_HUGEPAGE" not in worker_environment(2)
