@@ -510,6 +510,12 @@ def main() -> None:
         run_benchmark(Path(tmp), args, repeat, ref_stars)
 
 
+def _desi_seconds(desi: dict, key: str, n: int) -> float:
+    """desispec's time for ``n`` stars from the stars it was timed on (``desi[key]``)."""
+    timed = desi[key]
+    return sum(r["seconds"] for r in timed) * n / len(timed)
+
+
 def run_benchmark(tmp: Path, args, repeat: int, ref_stars: int) -> None:
     """Everything, in one run; prints the tables (progress goes to stderr)."""
     import kspec_xr as kx
@@ -656,7 +662,7 @@ def run_benchmark(tmp: Path, args, repeat: int, ref_stars: int) -> None:
 
     desi_total = None
     if desi is not None:
-        desi_total = sum(r["seconds"] for r in desi["all"]) * len(stars) / len(desi["all"])
+        desi_total = _desi_seconds(desi, "all", len(stars))
     runs = user_runs(tmp, sim, grid_path, repeat, args.quick)
     if args.as_run_only:
         say()
@@ -708,9 +714,9 @@ def run_benchmark(tmp: Path, args, repeat: int, ref_stars: int) -> None:
             ("all", f"all {fast.params.shape[0]} templates"),
             ("box", "colour-box candidates"),
         ):
-            runs = desi[key]
-            total = sum(r["seconds"] for r in runs) * n / len(runs)
-            scaled = "" if len(runs) == n else f", scaled from {len(runs)} of {n} stars"
+            total = _desi_seconds(desi, key, n)
+            timed = len(desi[key])
+            scaled = "" if timed == n else f", scaled from {timed} of {n} stars"
             say(
                 f"  desispec {desi['version']} match_templates, {label:22s} {total:8.2f} s "
                 f"({total / n:.2f} s/star{scaled})"
@@ -731,8 +737,7 @@ def run_benchmark(tmp: Path, args, repeat: int, ref_stars: int) -> None:
             ("all", "match_templates, all templates"),
             ("box", "match_templates, colour-box candidates"),
         ):
-            runs = desi[key]
-            total = sum(r["seconds"] for r in runs) * n / len(runs)
+            total = _desi_seconds(desi, key, n)
             checks.append((label, total / warm, total / warm_new_best, TARGETS["desi"]))
     for label, ref in (
         ("per-template loop (per-template kernel)", reference),
