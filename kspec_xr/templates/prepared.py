@@ -43,6 +43,7 @@ import xarray as xr
 
 from .._base.bands import COLOR_PAIRS, KNOWN_BANDS, band_range, filter_curve
 from .._base.errors import CalibrationError, KspecWarning, TemplateError
+from .._base.memory import small_pages
 from .._base.paths import atomic_output, cache_dir
 from ..kernels.photometry import band_weights, color_pair_indices, mags_from_weights
 from ..kernels.resample import (
@@ -772,6 +773,13 @@ def _covers(native: np.ndarray, band: str) -> bool:
 
 
 def _build(grid: xr.DataArray, wavelength: np.ndarray, fwhm: np.ndarray, *, vmax, oversample):
+    with small_pages():  # hundreds of MB of fresh arrays (see kspec_xr._base.memory)
+        return _build_arrays(grid, wavelength, fwhm, vmax=vmax, oversample=oversample)
+
+
+def _build_arrays(
+    grid: xr.DataArray, wavelength: np.ndarray, fwhm: np.ndarray, *, vmax, oversample
+):
     if "continuum" not in grid.coords:
         raise TemplateError(
             "the template grid has no 'continuum' coordinate; open it with kx.open_bosz "

@@ -1,4 +1,4 @@
-"""The standards of an eager exposure are fitted in threads: the same numbers as one thread."""
+"""Threads for the standards of a fit (the same numbers), and how kspec_xr's processes use memory."""
 
 from __future__ import annotations
 
@@ -101,3 +101,27 @@ def test_batch_workers_start_numpy_without_huge_pages(monkeypatch):
     assert worker_environment(2)["NUMPY_MADVISE_HUGEPAGE"] == "0"
     monkeypatch.setenv("NUMPY_MADVISE_HUGEPAGE", "1")  # inherited by the workers as it is
     assert "NUMPY_MADVISE_HUGEPAGE" not in worker_environment(2)
+
+
+def test_a_grid_is_prepared_in_small_pages_and_the_setting_restored(monkeypatch):
+    import numpy._core.multiarray as multiarray
+
+    import kspec_xr.templates.prepared as prepared
+    from kspec_xr._base.memory import small_pages
+
+    monkeypatch.delenv("NUMPY_MADVISE_HUGEPAGE", raising=False)
+    before = multiarray._set_madvise_hugepage(True)
+    try:
+        seen = []
+        monkeypatch.setattr(
+            prepared,
+            "_build_arrays",
+            lambda *a, **k: seen.append(multiarray._get_madvise_hugepage()),
+        )
+        prepared._build(None, None, None, vmax=0, oversample=1)
+        assert seen == [False] and multiarray._get_madvise_hugepage() is True
+        monkeypatch.setenv("NUMPY_MADVISE_HUGEPAGE", "1")  # the user's choice stands
+        with small_pages():
+            assert multiarray._get_madvise_hugepage() is True
+    finally:
+        multiarray._set_madvise_hugepage(before)
