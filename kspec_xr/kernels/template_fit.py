@@ -26,6 +26,7 @@ For one star (observed counts on the exposure's pixels) and a prepared grid
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 from dataclasses import dataclass
 from functools import cached_property
@@ -455,28 +456,7 @@ def _interp_weights(lattice: np.ndarray, target: np.ndarray):
     return weights / weights.sum()
 
 
-def fit_star(
-    wave: np.ndarray,
-    flux: np.ndarray,
-    variance: np.ndarray,
-    good: np.ndarray,
-    mags: np.ndarray,
-    mag_errs: np.ndarray,
-    grid: TemplateGrid,
-    candidates: np.ndarray,
-    *,
-    metric: str = "chi2",
-    vmax: float = 500.0,
-    n_xcorr: int = 5,
-    model_error: float = 0.01,
-    smooth_scale: float = 150.0,
-    ebv: float = 0.0,
-    reddening: np.ndarray | None = None,
-    extinction: np.ndarray | None = None,
-    ebv_max: float = 0.5,
-    ebv_min: float = 0.0,
-    final: bool = True,
-) -> StarFit:
+def fit_star(*args, **options) -> StarFit:
     """Fit one standard star; see the module docstring for the steps.
 
     Parameters
@@ -506,12 +486,7 @@ def fit_star(
         magnitudes and E(B−V) are computed; the velocity is the
         cross-correlation's and the model is NaN), for a fit that is redone
     """
-    scored = score_candidates(
-        wave, flux, variance, good, mags, mag_errs, grid, candidates,
-        metric=metric, vmax=vmax, n_xcorr=n_xcorr, model_error=model_error,
-        smooth_scale=smooth_scale, ebv=ebv, reddening=reddening, extinction=extinction,
-        ebv_max=ebv_max, ebv_min=ebv_min, final=final,
-    )  # fmt: skip
+    scored = score_candidates(*args, **options)
     return scored if isinstance(scored, StarFit) else finish_fit(scored)
 
 
@@ -566,8 +541,9 @@ def score_candidates(
     ebv_min: float = 0.0,
     final: bool = True,
 ) -> StarFit | _Scored:
-    """Steps 1-4 of :func:`fit_star` (velocity, every candidate scored, the colours added):
-    the part that runs outside the GIL, so that a block's stars do it in threads.
+    """Steps 1-4 of :func:`fit_star`, whose parameters these are (velocity, every
+    candidate scored, the colours added): the part that runs outside the GIL, so
+    that a block's stars do it in threads.
 
     Returns the state :func:`finish_fit` goes on from, or the failed :class:`StarFit`.
     """
@@ -723,6 +699,11 @@ def finish_fit(state: _Scored) -> StarFit:
         ebv=float(ebv),
         ebv_err=ebv_err,
     )
+
+
+fit_star.__signature__ = inspect.signature(score_candidates).replace(  # type: ignore[attr-defined]
+    return_annotation=StarFit
+)
 
 
 class Scorer:
