@@ -202,6 +202,23 @@ def test_a_damaged_dust_cache_is_recomputed_with_a_warning(fresh_dust_cache):
     assert ratio == good_ratio
 
 
+def test_band_ratios_of_another_law_or_method_are_not_used(fresh_dust_cache):
+    from kspec_xr._base import dust
+
+    good = band_ratio("panstarrs-g")
+    ratios = fresh_dust_cache / "band-ratios.json"
+    record = json.loads(ratios.read_text())
+    for key in (record["key"].replace("R_V = 3.1", "R_V = 2.5"), record["key"] + "x"):
+        forged = {"key": key, "ratios": {"panstarrs-g": good - 1.0}}
+        forged["digest"] = dust._digest(
+            json.dumps([key, forged["ratios"]], sort_keys=True).encode()
+        )
+        ratios.write_text(json.dumps(forged))  # a valid file, of another law or method
+        for cached in (dust._law_table, dust._ratio_cache, dust.band_ratio):
+            cached.cache_clear()
+        assert band_ratio("panstarrs-g") == good
+
+
 def test_the_dust_numbers_are_computed_without_a_writable_cache(fresh_dust_cache, monkeypatch):
     from kspec_xr._base import dust
 

@@ -161,7 +161,7 @@ class _RatioCache:
     """The band ratios computed so far, in one verified JSON file of the user cache."""
 
     def __init__(self):
-        self.key = f"{LAW}|speclite {_version('speclite')}|{_law_digest()}"
+        self.key = f"{LAW}|speclite {_version('speclite')}|{_law_digest()}|{_method_digest()}"
         folder = _dust_cache()
         self.path = None if folder is None else folder / "band-ratios.json"
         self.ratios: dict[str, float] = {}
@@ -193,6 +193,12 @@ class _RatioCache:
 def _law_digest() -> str:
     lo, values = _law_table()
     return _digest(np.float64(lo).tobytes() + values.tobytes())[:16]
+
+
+def _method_digest() -> str:
+    """Digest of how a ratio is computed (its code), so that a changed method recomputes."""
+    code = _compute_band_ratio.__code__
+    return _digest(code.co_code + repr(code.co_consts).encode())[:16]
 
 
 @functools.lru_cache(maxsize=1)
