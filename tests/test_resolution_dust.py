@@ -202,6 +202,29 @@ def test_a_damaged_dust_cache_is_recomputed_with_a_warning(fresh_dust_cache):
     assert ratio == good_ratio
 
 
+@pytest.mark.parametrize(
+    ("table_bytes", "ratios_text"),
+    [(b"", "[1, 2]"), (b"0" * 64 + b"not npy", "{not json"), (None, '"a string, not a record"')],
+)
+def test_unreadable_dust_cache_files_are_recomputed_with_a_warning(
+    fresh_dust_cache, table_bytes, ratios_text
+):
+    from kspec_xr._base import dust
+
+    lam = np.linspace(3700.0, 8800.0, 50)
+    good_curve, good_ratio = extinction_curve(lam), band_ratio("gaiadr2-G")
+    (table,) = fresh_dust_cache.glob("*.npy")
+    if table_bytes is not None:
+        table.write_bytes(table_bytes)  # empty, or not an array
+    (fresh_dust_cache / "band-ratios.json").write_text(ratios_text)
+    for cached in (dust._law_table, dust._ratio_cache, dust.band_ratio):
+        cached.cache_clear()
+    with pytest.warns(RuntimeWarning, match="recomputed"):
+        curve, ratio = extinction_curve(lam), band_ratio("gaiadr2-G")
+    np.testing.assert_array_equal(curve, good_curve)
+    assert ratio == good_ratio
+
+
 def test_band_ratios_of_another_law_or_method_are_not_used(fresh_dust_cache):
     from kspec_xr._base import dust
 

@@ -102,6 +102,29 @@ def _warn_damaged(path, what: str) -> None:
     )
 
 
+def _read_law(path, key: str, n: int) -> np.ndarray | None:
+    """The verified table in ``path``, or None (absent: quietly; unreadable or wrong: warned)."""
+    try:
+        with open(path, "rb") as handle:
+            stored_digest = handle.read(64).decode("ascii")
+            values = np.load(handle, allow_pickle=False)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, EOFError) as exc:
+        _warn_damaged(path, f"the tabulated extinction law cannot be read ({exc})")
+        return None
+    if not (
+        isinstance(values, np.ndarray)
+        and values.dtype == np.float64
+        and values.shape == (n,)
+        and stored_digest == _digest(key.encode() + values.tobytes())
+    ):
+        _warn_damaged(path, "the tabulated extinction law does not verify")
+        return None
+    values.setflags(write=False)
+    return values
+
+
 @functools.lru_cache(maxsize=1)
 def _law_table() -> tuple[float, np.ndarray]:
     """(ln λ of the first node, A/E(B−V) at every node): the law on steps of :data:`_STEP`."""
@@ -112,18 +135,9 @@ def _law_table() -> tuple[float, np.ndarray]:
     path = None
     if folder is not None:
         path = folder / f"law-{_digest(key.encode())[:16]}.npy"
-        with contextlib.suppress(OSError, ValueError):
-            with open(path, "rb") as handle:
-                stored_digest = handle.read(64).decode("ascii")
-                values = np.load(handle, allow_pickle=False)
-            if (
-                values.dtype == np.float64
-                and values.shape == (n,)
-                and stored_digest == _digest(key.encode() + values.tobytes())
-            ):
-                values.setflags(write=False)
-                return float(lo), values
-            _warn_damaged(path, "the tabulated extinction law does not verify")
+        stored = _read_law(path, key, n)
+        if stored is not None:
+            return float(lo), stored
     values = law_curve(np.exp(lo + _STEP * np.arange(n)))
     if path is not None:
 
@@ -167,17 +181,24 @@ class _RatioCache:
         self.ratios: dict[str, float] = {}
         if self.path is None:
             return
-        with contextlib.suppress(OSError, ValueError):
+        try:
             record = json.loads(self.path.read_text())
-            if record.get("key") != self.key:
-                return  # another law or version: recomputed and replaced
-            ratios = record.get("ratios")
-            if record.get("digest") != self._digest(ratios) or not all(
-                isinstance(v, float) and np.isfinite(v) for v in ratios.values()
-            ):
-                _warn_damaged(self.path, "the cached band ratios do not verify")
-                return
-            self.ratios = dict(ratios)
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError) as exc:
+            _warn_damaged(self.path, f"the cached band ratios cannot be read ({exc})")
+            return
+        if isinstance(record, dict) and record.get("key") != self.key:
+            return  # another law, version or method: recomputed and replaced
+        ratios = record.get("ratios") if isinstance(record, dict) else None
+        if not (
+            isinstance(ratios, dict)
+            and record.get("digest") == self._digest(ratios)
+            and all(isinstance(v, float) and np.isfinite(v) for v in ratios.values())
+        ):
+            _warn_damaged(self.path, "the cached band ratios do not verify")
+            return
+        self.ratios = dict(ratios)
 
     def _digest(self, ratios) -> str:
         return _digest(json.dumps([self.key, ratios], sort_keys=True).encode())
