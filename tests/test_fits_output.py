@@ -123,6 +123,30 @@ def test_tables_encoded_directly_are_the_bytes_astropy_writes(n, monkeypatch):
         assert direct_data == data, chosen[0][0]
 
 
+def test_columns_reusing_a_read_header_are_the_bytes_astropy_writes(monkeypatch):
+    from kspec_xr.io import _fits
+
+    stored = fits.Header(
+        [("TTYPE1", "n"), ("TFORM1", "J"), ("TNULL1", -99), ("TDISP1", "I6"),
+         ("TUNIT1", "count"), ("TTYPE2", "name"), ("TFORM2", "20A"), ("TDISP2", "A20"),
+         ("TTYPE3", "v"), ("TFORM3", "6E"), ("TDIM3", "(3,2)"), ("TTYPE4", "u"),
+         ("TFORM4", "1I"), ("TZERO4", 32768)]
+    )  # fmt: skip
+    columns = [
+        ("n", np.array([1, -99, 3], dtype=np.int32), "count", 1),
+        ("name", np.array(["a", "bb", "ccc"]), None, 2),  # narrower than the stored 20A
+        ("v", np.arange(18, dtype=np.float32).reshape(3, 2, 3), None, 3),
+        ("u", np.array([0, 1, 65535], dtype=np.uint16), None, 4),
+    ]
+    monkeypatch.setattr(_fits, "DIRECT_TABLES", False)
+    by_astropy = _fits.encode_table(columns, stored=stored)
+    monkeypatch.setattr(_fits, "DIRECT_TABLES", True)
+    direct = _fits.encode_table(columns, stored=stored)
+    assert direct[0].tostring() == by_astropy[0].tostring()
+    assert direct[1] == by_astropy[1]
+    assert direct[0]["TFORM2"] == "20A" and direct[0]["TNULL1"] == -99
+
+
 def test_a_written_file_is_the_same_with_direct_tables(calibrated, sim, tmp_path, monkeypatch):
     from kspec_xr.io import _fits
     from kspec_xr.io.write import calibration_header
