@@ -31,7 +31,7 @@ from ._base.errors import CatalogError, KspecError
 from ._base.memory import without_huge_pages
 from ._base.paths import atomic_output, same_file, sweep_stale_temps
 from ._base.threads import ENV as THREADS_ENV
-from ._base.threads import available_cpus
+from ._base.threads import available_cpus, kernel_threads
 from .nightly import NIGHTLY_NAME, nightly_transfer
 from .pipeline import calibrate_file, check_options, flux_calibrate
 from .templates import open_bosz
@@ -617,6 +617,7 @@ def calibrate_many(
     _check_names(inputs)
     catalog_for = _catalog_lookup(catalog)
     options = _calibration_options(options)
+    kernel_threads(1)  # a bad KSPEC_XR_THREADS is refused here, not by every exposure
     catalog_problem = _catalog_checker(options)
     if not isinstance(catalog, Mapping):  # one catalogue for all: refused at once if unusable
         _raise_if(catalog_problem(catalog_for(inputs[0][1])))

@@ -125,3 +125,13 @@ def test_a_grid_is_prepared_in_small_pages_and_the_setting_restored(monkeypatch)
             assert multiarray._get_madvise_hugepage() is True
     finally:
         multiarray._set_madvise_hugepage(before)
+
+
+def test_a_batch_with_a_bad_thread_count_is_refused_before_any_work(
+    exposure, tmp_path, monkeypatch
+):
+    monkeypatch.setenv(ENV, "lots")
+    out_dir = tmp_path / "out"
+    with pytest.raises(OptionError, match=f"{ENV} must be a positive integer"):
+        kx.calibrate_many([exposure.red_path], out_dir, catalog=exposure.catalog_path)
+    assert not out_dir.exists()  # refused before the cluster and the output folder
