@@ -361,23 +361,44 @@ def worker_environment(n_workers: int = 1) -> dict:
 
 @contextlib.contextmanager
 def local_cluster(n_workers: int):
-    """The LocalCluster ``calibrate_many`` starts: loopback, one thread per process."""
+    """The LocalCluster ``calibrate_many`` starts: loopback, one thread per process.
+
+    distributed's nanny writes the workers' environment (:func:`worker_environment`,
+    and its own variables) into this process's ``os.environ`` to spawn them, and
+    leaves it there; it is put back as it was once they are up (a respawned worker gets it again from
+    its nanny) and when the cluster closes, so that a batch does not change the
+    caller's session (its threads, numpy's huge pages, the next batch's workers).
+    """
     from distributed import LocalCluster  # deferred: slow to import
 
-    with (
-        dask.config.set({"distributed.nanny.pre-spawn-environ": worker_environment(n_workers)}),
-        LocalCluster(
-            n_workers=n_workers,
-            threads_per_worker=1,
-            processes=True,
-            host="127.0.0.1",
-            dashboard_address=None,
-            # no dashboard; the scheduler's small HTTP endpoint on a free loopback port
-            scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
-            memory_limit="auto",  # the machine's memory shared evenly among the workers
-        ) as cluster,
-    ):
-        yield cluster
+    environment = worker_environment(n_workers)
+    saved = dict(os.environ)  # (the nanny adds PYTHONHASHSEED and __DASK_PARENT_PID too)
+
+    def restore() -> None:
+        for key in [key for key in os.environ if key not in saved]:
+            del os.environ[key]
+        for key, value in saved.items():
+            if os.environ.get(key) != value:
+                os.environ[key] = value
+
+    try:
+        with (
+            dask.config.set({"distributed.nanny.pre-spawn-environ": environment}),
+            LocalCluster(
+                n_workers=n_workers,
+                threads_per_worker=1,
+                processes=True,
+                host="127.0.0.1",
+                dashboard_address=None,
+                # no dashboard; the scheduler's small HTTP endpoint on a free loopback port
+                scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
+                memory_limit="auto",  # the machine's memory shared evenly among the workers
+            ) as cluster,
+        ):
+            restore()
+            yield cluster
+    finally:
+        restore()
 
 
 def _window(client) -> int:

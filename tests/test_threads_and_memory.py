@@ -135,3 +135,23 @@ def test_a_batch_with_a_bad_thread_count_is_refused_before_any_work(
     with pytest.raises(OptionError, match=f"{ENV} must be a positive integer"):
         kx.calibrate_many([exposure.red_path], out_dir, catalog=exposure.catalog_path)
     assert not out_dir.exists()  # refused before the cluster and the output folder
+
+
+def test_a_local_cluster_leaves_this_process_environment_as_it_was(monkeypatch):
+    import os
+
+    from distributed import Client
+
+    from kspec_xr.batch import local_cluster
+
+    monkeypatch.delenv(ENV, raising=False)
+    monkeypatch.delenv("NUMPY_MADVISE_HUGEPAGE", raising=False)
+    before = dict(os.environ)
+    seen = []
+    for n_workers in (1, 2):  # the second cluster must not inherit the first one's share
+        with local_cluster(n_workers) as cluster, Client(cluster, set_as_default=False) as client:
+            assert dict(os.environ) == before  # distributed wrote it to spawn; put back
+            seen.append(sorted(client.run(lambda: os.environ.get(ENV)).values()))
+    assert dict(os.environ) == before
+    cpus = available_cpus()
+    assert seen == [[str(cpus)], [str(max(1, cpus // 2))] * 2]
