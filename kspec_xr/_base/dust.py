@@ -17,13 +17,13 @@ E(B−V) = 0.1, which is within 1 % of the ratio of any F/G star.
 ``astropy.modeling`` and ``scipy.interpolate``) and a band's curve is read
 from speclite's ECSV files, so a new process would spend ~0.6 s on numbers
 that never change.  The law is therefore tabulated once on steps of 1e-4 in
-ln λ (linear interpolation reproduces G23 to < 2e-7 of its value from 912 Å to
-30 µm) and the
-band ratios computed once per band; both are kept in the user cache
-(``dust/``), keyed by the law and the ``dust_extinction``/speclite versions,
-and verified by a SHA-256 on every load (a damaged or foreign file is
-recomputed, with a warning).  Without a writable cache they are computed
-in memory.
+ln λ (linear interpolation reproduces G23 to < 2e-7 of its value from 912 Å
+to 30 µm) and the band ratios computed once per band.  Both are kept in the
+user cache (``dust/``), keyed by the law, the ``dust_extinction`` and
+speclite versions and the ratios' method, and verified by a SHA-256 on every
+load: a damaged file is recomputed with a warning, one of another key is
+recomputed and replaced.  Without a writable cache they are computed in
+memory.
 """
 
 from __future__ import annotations
