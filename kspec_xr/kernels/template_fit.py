@@ -820,8 +820,8 @@ def fit_block(
     without a given one are wanted, for a fit that is redone: those stars
     stop after the parameters (``fit_star(final=False)``: no velocity
     refinement, model NaN) and the stars with a given E(B−V) are not fitted.
-    ``threads``: stars fitted at once (the same numbers; see
-    :mod:`kspec_xr._base.threads`).
+    ``threads``: stars scored at once, each then refined in turn (the same
+    numbers; see :mod:`kspec_xr._base.threads`).
     """
     scoring = TemplateGrid(
         scoring_loglam,
