@@ -288,7 +288,10 @@ def test_a_full_disk_leaves_nothing_behind(small_grid, truth, tmp_path, monkeypa
     with pytest.warns(KspecWarning, match="No space left on device"):
         got = prepare_templates(small_grid, WAVE, FWHM, cache=tmp_path)
     assert_same_grid(got, truth)
-    assert list(tmp_path.iterdir()) == []  # no partial entry, no temporary folder
+    # no partial entry, no temporary folder; only the preparers' (empty) lock file
+    left = list(tmp_path.iterdir())
+    assert [p.name.startswith(".prepared-") and p.suffix == ".lock" for p in left] == [True]
+    assert left[0].stat().st_size == 0
 
 
 @pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root writes anywhere")
@@ -610,3 +613,71 @@ def test_a_gzip_file_damaged_in_the_middle_is_named(small_root, tmp_path):
     victim.write_bytes(bytes(raw))
     with pytest.raises(TemplateError, match=re.escape(str(victim))):
         read_bosz_table(victim)
+
+
+_PREPARER = """
+import logging, sys, time
+from pathlib import Path
+import numpy as np
+import kspec_xr as kx
+import kspec_xr.templates.prepared as prepared
+logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+original = prepared._build_arrays
+def slow_build(*args, **kwargs):  # long enough for the other process to arrive meanwhile
+    time.sleep(1.5)
+    return original(*args, **kwargs)
+prepared._build_arrays = slow_build
+grid = kx.open_bosz(kx.standin_grid_path()).isel(teff=slice(0, 2), logg=slice(0, 2), mh=slice(0, 2))
+wave = np.linspace(4000.0, 7000.0, 1500)
+go = Path(sys.argv[2])
+while not go.exists():
+    time.sleep(0.01)
+grid_prepared = kx.prepare_templates(grid, wave, 2.5, cache=sys.argv[1])
+print(float(np.asarray(grid_prepared._arrays["flux"], dtype=float).sum()))
+"""
+
+
+def test_two_processes_preparing_one_setup_build_it_once(tmp_path):
+    import subprocess
+    import sys
+
+    go = tmp_path / "go"
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    runs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _PREPARER, str(cache), str(go)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        for _ in range(2)
+    ]
+    time.sleep(0.5)
+    go.touch()  # both start preparing at once
+    outputs = [run.communicate(timeout=300) for run in runs]
+    assert all(run.returncode == 0 for run in runs), [err[-2000:] for _, err in outputs]
+    logs = "".join(err for _, err in outputs)
+    assert logs.count("preparing the template grid") == 1, logs  # built once
+    assert logs.count("another process is preparing this template grid; waiting") == 1
+    sums = {out.strip() for out, _ in outputs}
+    assert len(sums) == 1  # and the same arrays in both
+    assert len(list(cache.glob("prepared-*"))) == 1
+
+
+def test_a_preparer_lock_held_too_long_is_given_up_not_waited_for_forever(tmp_path):
+    from kspec_xr._base.paths import waiting_lock
+
+    lock = tmp_path / ".prepared-x.lock"
+    waits = []
+    with waiting_lock(lock, timeout=1.0) as first:
+        assert first
+        start = time.monotonic()
+        with waiting_lock(lock, timeout=0.3, on_wait=lambda: waits.append(1)) as second:
+            assert not second  # went on unguarded after the timeout
+        assert 0.25 < time.monotonic() - start < 3.0
+    assert waits == [1]
+    with waiting_lock(lock, timeout=0.3) as again:
+        assert again  # released with the first holder
+    with waiting_lock(tmp_path / "no-such-folder" / "x.lock", timeout=0.3) as nowhere:
+        assert not nowhere  # no file can be made: unguarded, no error

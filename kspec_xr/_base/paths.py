@@ -22,6 +22,11 @@ from pathlib import Path
 
 from .errors import OutputError, OutputExistsError
 
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: no flock; the callers go on unguarded
+    fcntl = None  # type: ignore[assignment]
+
 __all__ = [
     "data_path",
     "cache_dir",
@@ -29,6 +34,7 @@ __all__ = [
     "sweep_stale_temps",
     "same_file",
     "check_writable",
+    "waiting_lock",
 ]
 
 #: a temporary file older than this (seconds) is stale whoever made it
@@ -213,3 +219,46 @@ def check_writable(path, *, needed: int = 0) -> None:
             f"cannot write {path}: {free / 1e6:.0f} MB free in {folder}, about "
             f"{needed / 1e6:.0f} MB needed; free some space or choose another folder"
         )
+
+
+@contextlib.contextmanager
+def waiting_lock(path, *, timeout: float, on_wait=None):
+    """Hold an exclusive ``flock`` on ``path`` (created) for the block; yield whether it is held.
+
+    Waits up to ``timeout`` seconds for another holder (a process or thread
+    doing the same work), calling ``on_wait()`` once if it has to wait.
+    Yields False, and the caller goes on unguarded, when no lock can be had:
+    a folder that takes no file, a file system without locks, or a holder
+    that does not finish in time.  The file's mtime is refreshed when the
+    lock is taken, so that a sweep of old lock files leaves it alone.
+    """
+    try:
+        handle = open(path, "a+b")  # noqa: SIM115 - held for the lock's life
+    except OSError:
+        yield False
+        return
+    held = False
+    try:
+        if fcntl is not None:
+            deadline = time.monotonic() + timeout
+            waited = False
+            while True:
+                try:
+                    fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    held = True
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        break
+                    if not waited and on_wait is not None:
+                        on_wait()
+                    waited = True
+                    time.sleep(0.05)
+                except OSError:  # pragma: no cover - no locks on this file system
+                    break
+        if held:
+            with contextlib.suppress(OSError):
+                os.utime(path)
+        yield held
+    finally:
+        handle.close()  # (releases the lock)

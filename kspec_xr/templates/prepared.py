@@ -44,7 +44,7 @@ import xarray as xr
 from .._base.bands import COLOR_PAIRS, KNOWN_BANDS, band_range, filter_curve
 from .._base.errors import CalibrationError, KspecWarning, TemplateError
 from .._base.memory import small_pages
-from .._base.paths import atomic_output, cache_dir
+from .._base.paths import atomic_output, cache_dir, waiting_lock
 from ..kernels.photometry import band_weights, color_pair_indices, mags_from_weights
 from ..kernels.resample import (
     SIGMA_PER_FWHM,
@@ -78,6 +78,9 @@ CACHE_FORMAT = 2
 #: prepared grids kept in a cache folder (the most recently used; ~150 MB each
 #: for the 572-template stand-in grid on a 4096-pixel setup)
 CACHE_KEPT = 12
+#: seconds a process waits for another that prepares the same setup, then prepares it
+#: itself (the stand-in grid prepares in ~5 s, a large BOSZ grid in minutes)
+PREPARE_WAIT = 900.0
 
 #: prepared grids kept in memory by :func:`prepare_templates` (a night's
 #: exposures share one setup, so a batch worker prepares it once)
@@ -986,45 +989,56 @@ def prepare_templates(
     hit = _MEMORY.get(path)
     if hit is not None:
         return hit
-    if folder is not None and path.exists():
-        try:
-            prepared = _open_entry(path, inputs)
-        except _UnusableGrid as err:  # a damaged or foreign entry is rebuilt, never trusted
-            _warn(
-                f"not using a cached prepared grid: {err.problem}; deleting it and preparing again"
-            )
-            _discard(path)
-        else:
-            with contextlib.suppress(OSError):
-                os.utime(path / "meta.json")  # "recently used", for _prune
-            return _MEMORY.put(path, prepared)
-    lo, hi = float(fwhm_pix.min()), float(fwhm_pix.max())
-    log.info(
-        "preparing the template grid for FWHM %s (once for this setup: it is cached)",
-        f"{lo:.3g} Å" if f"{lo:.3g}" == f"{hi:.3g}" else f"{lo:.3g}-{hi:.3g} Å",
+    # one process (or thread) prepares a setup; the others wait, then load its entry
+    lock = (
+        waiting_lock(
+            folder / f".prepared-{key}.lock",
+            timeout=PREPARE_WAIT,
+            on_wait=lambda: log.info("another process is preparing this template grid; waiting"),
+        )
+        if folder is not None
+        else contextlib.nullcontext(False)
     )
-    prepared = _build(grid, wave, fwhm_pix, vmax=vmax, oversample=oversample)
-    prepared.attrs["cache_key"] = path.name
-    prepared._cache_inputs = json.loads(json.dumps(inputs))
-    if folder is not None:
-        try:
-            prepared.save(path)
-        except OSError as err:
-            reason = f"cannot write the prepared-grid cache entry {path} ({err})"
-            with contextlib.suppress(TemplateError):  # another process wrote it meanwhile?
-                return _MEMORY.put(path, _open_entry(path, inputs))
-        else:
-            with contextlib.suppress(OSError):
-                _prune(path.parent, keep=CACHE_KEPT)
+    with lock:
+        if folder is not None and path.exists():
             try:
-                return _MEMORY.put(path, PreparedTemplates.open(path))
-            except TemplateError as err:  # pragma: no cover - damaged as it was written
-                reason = str(err)
-    _warn(
-        f"{reason}; using the prepared grid without the cache (set KSPEC_XR_CACHE or "
-        "cache= to a writable folder, or pass cache=False to silence this)"
-    )
-    return _MEMORY.put(path, prepared, built=True)
+                prepared = _open_entry(path, inputs)
+            except _UnusableGrid as err:  # a damaged or foreign entry is rebuilt, never trusted
+                _warn(
+                    f"not using a cached prepared grid: {err.problem}; deleting it and preparing again"
+                )
+                _discard(path)
+            else:
+                with contextlib.suppress(OSError):
+                    os.utime(path / "meta.json")  # "recently used", for _prune
+                return _MEMORY.put(path, prepared)
+        lo, hi = float(fwhm_pix.min()), float(fwhm_pix.max())
+        log.info(
+            "preparing the template grid for FWHM %s (once for this setup: it is cached)",
+            f"{lo:.3g} Å" if f"{lo:.3g}" == f"{hi:.3g}" else f"{lo:.3g}-{hi:.3g} Å",
+        )
+        prepared = _build(grid, wave, fwhm_pix, vmax=vmax, oversample=oversample)
+        prepared.attrs["cache_key"] = path.name
+        prepared._cache_inputs = json.loads(json.dumps(inputs))
+        if folder is not None:
+            try:
+                prepared.save(path)
+            except OSError as err:
+                reason = f"cannot write the prepared-grid cache entry {path} ({err})"
+                with contextlib.suppress(TemplateError):  # another process wrote it meanwhile?
+                    return _MEMORY.put(path, _open_entry(path, inputs))
+            else:
+                with contextlib.suppress(OSError):
+                    _prune(path.parent, keep=CACHE_KEPT)
+                try:
+                    return _MEMORY.put(path, PreparedTemplates.open(path))
+                except TemplateError as err:  # pragma: no cover - damaged as it was written
+                    reason = str(err)
+        _warn(
+            f"{reason}; using the prepared grid without the cache (set KSPEC_XR_CACHE or "
+            "cache= to a writable folder, or pass cache=False to silence this)"
+        )
+        return _MEMORY.put(path, prepared, built=True)
 
 
 def _warn(message: str) -> None:
@@ -1063,7 +1077,7 @@ def _prune(folder: Path, *, keep: int) -> None:
 
     Grids of other ``PREPARE_VERSION`` s or :data:`CACHE_FORMAT` s (and the
     ``prepared-*.nc`` files of the first versions) go too: no key of this
-    version can reach them.
+    version can reach them; so do the lock files of entries that are gone.
     """
     for stale in folder.glob("prepared-*.nc"):
         stale.unlink(missing_ok=True)
@@ -1087,6 +1101,12 @@ def _prune(folder: Path, *, keep: int) -> None:
     entries.sort(reverse=True)
     for _, old in entries[keep:]:
         shutil.rmtree(old, ignore_errors=True)
+    # the preparers' lock files of entries gone, untouched for a day (a holder refreshes it)
+    for lock in folder.glob(".prepared-*.lock"):
+        with contextlib.suppress(OSError):
+            entry = folder / lock.name[1:].removesuffix(".lock")
+            if not entry.exists() and time.time() - lock.stat().st_mtime > 86400.0:
+                lock.unlink()
 
 
 class _MemoryCache:
