@@ -143,8 +143,9 @@ def test_cache_drops_grids_of_other_versions(small_grid, tmp_path):
     (tmp_path / "prepared-0011223344556677.nc").write_bytes(b"old netCDF cache")
     (tmp_path / "notes.txt").write_text("mine")
     prepare_templates(small_grid, WAVE, FWHM, cache=tmp_path)
-    names = sorted(p.name for p in tmp_path.iterdir())
+    names = sorted(p.name for p in tmp_path.iterdir() if p.suffix != ".lock")
     assert len(names) == 2 and "notes.txt" in names and old.name not in names
+    assert len(list(tmp_path.glob(".prepared-*.lock"))) == 1  # the preparer's (empty) lock
 
 
 def test_old_standin_versions_are_removed(tmp_path, monkeypatch):
@@ -159,3 +160,21 @@ def test_old_standin_versions_are_removed(tmp_path, monkeypatch):
         "standin-r10000-current",
         "standin-r5000-otherres",
     ]
+
+
+def test_lock_files_of_entries_gone_are_pruned_after_a_day(tmp_path):
+    import os
+    import time
+
+    import kspec_xr.templates.prepared as prep_module
+
+    stale, fresh = tmp_path / ".prepared-aaaa.lock", tmp_path / ".prepared-bbbb.lock"
+    kept = tmp_path / ".prepared-cccc.lock"  # its entry exists: kept however old
+    (tmp_path / "prepared-cccc").mkdir()
+    for lock in (stale, fresh, kept):
+        lock.touch()
+    day_ago = time.time() - 2 * 86400
+    os.utime(stale, (day_ago, day_ago))
+    os.utime(kept, (day_ago, day_ago))
+    prep_module._prune(tmp_path, keep=12)
+    assert not stale.exists() and fresh.exists() and kept.exists()
