@@ -90,3 +90,43 @@ def red_path(tmp_path):
     path = tmp_path / "run1_red.fits"
     build_red_hdulist().writeto(path)
     return path
+
+
+# --- fixtures shared by several modules (each module still gets its own files) ----------
+
+
+@pytest.fixture(scope="module")
+def small_exposure(tmp_path_factory):
+    """A small simulated exposure (24 fibers × 1500 pixels, 6 standards), one per module."""
+    return testing.make_exposure(
+        1, n_fiber=24, n_standard=6, n_pixel=1500, directory=tmp_path_factory.mktemp("small")
+    )
+
+
+def write_small_standin(tmp_path_factory, **axes):
+    """A stand-in grid of only the given nodes (3600-7500 Å) in a folder of its own: its root."""
+    from kspec_xr.templates.standin import write_standin_grid
+
+    folder = tmp_path_factory.mktemp("bosz_small")
+    return write_standin_grid(folder, **axes, wave_range=(3600, 7500))
+
+
+def flip_byte(path, offset_from_end: int = 1) -> None:
+    """Flip one byte in place (same size, same inode), as a disk error would."""
+    import os
+
+    with open(path, "r+b") as fh:
+        fh.seek(-offset_from_end, os.SEEK_END)
+        byte = fh.read(1)
+        fh.seek(-offset_from_end, os.SEEK_END)
+        fh.write(bytes([byte[0] ^ 0x10]))
+
+
+@pytest.fixture
+def fresh_prepared_memory():
+    """Nothing prepared in memory before and after the test, as in a new process."""
+    from kspec_xr.templates import prepared
+
+    prepared._MEMORY._entries.clear()
+    yield
+    prepared._MEMORY._entries.clear()

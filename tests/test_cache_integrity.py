@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import flip_byte, write_small_standin
 
 import kspec_xr as kx
 from kspec_xr._base.errors import KspecWarning, TemplateError
@@ -33,7 +34,7 @@ from kspec_xr.templates import bosz, prepare_templates, read_bosz_table, standin
 from kspec_xr.templates import prepared as prepared_module
 from kspec_xr.templates._names import bosz_name
 from kspec_xr.templates.prepared import PreparedTemplates
-from kspec_xr.templates.standin import standin_grid_path, write_standin_grid
+from kspec_xr.templates.standin import standin_grid_path
 from kspec_xr.testing import accuracy_report, make_exposure
 
 WAVE = np.linspace(5000.0, 6500.0, 700)
@@ -44,9 +45,7 @@ NAME = bosz_name(teff=6000, logg=4.5, mh=0.0, resolution=10000)
 
 @pytest.fixture(scope="module")
 def small_root(tmp_path_factory):
-    return write_standin_grid(
-        tmp_path_factory.mktemp("bosz_small"), **SMALL, wave_range=(3600, 7500)
-    )
+    return write_small_standin(tmp_path_factory, **SMALL)
 
 
 @pytest.fixture(scope="module")
@@ -61,11 +60,8 @@ def truth(small_grid):
 
 
 @pytest.fixture(autouse=True)
-def fresh_memory():
+def fresh_memory(fresh_prepared_memory):
     """Each test starts as a new process would: nothing prepared in memory."""
-    prepared_module._MEMORY._entries.clear()
-    yield
-    prepared_module._MEMORY._entries.clear()
 
 
 def assert_same_grid(got: PreparedTemplates, want: PreparedTemplates) -> None:
@@ -79,15 +75,6 @@ def assert_same_grid(got: PreparedTemplates, want: PreparedTemplates) -> None:
 def entry_of(cache: Path) -> Path:
     (entry,) = [p for p in cache.glob("prepared-*") if (p / "meta.json").is_file()]
     return entry
-
-
-def flip_byte(path: Path, offset_from_end: int = 1) -> None:
-    """Flip one byte in place (same size, same inode), as a disk error would."""
-    with open(path, "r+b") as fh:
-        fh.seek(-offset_from_end, os.SEEK_END)
-        byte = fh.read(1)
-        fh.seek(-offset_from_end, os.SEEK_END)
-        fh.write(bytes([byte[0] ^ 0x10]))
 
 
 # ---------------------------------------------------------------------------

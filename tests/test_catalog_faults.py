@@ -26,7 +26,6 @@ from kspec_xr._base.schema import StandardStatus
 from kspec_xr.io.catalog import REFCAT2_COLUMNS, check_catalog
 from kspec_xr.kernels.sky import nearest_on_sky
 from kspec_xr.stages.associate import _nearest
-from kspec_xr.testing import make_exposure
 
 # --------------------------------------------------------------------------
 # Fixtures: one exposure, its clean calibration, and ways to spoil its catalogue
@@ -34,10 +33,8 @@ from kspec_xr.testing import make_exposure
 
 
 @pytest.fixture(scope="module")
-def sim(tmp_path_factory):
-    return make_exposure(
-        1, n_fiber=24, n_standard=6, n_pixel=1500, directory=tmp_path_factory.mktemp("faults")
-    )
+def sim(small_exposure):
+    return small_exposure
 
 
 @pytest.fixture(scope="module")

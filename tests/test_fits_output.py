@@ -32,17 +32,14 @@ from kspec_xr._base.paths import _temp_prefix, atomic_output, sweep_stale_temps
 from kspec_xr._base.schema import FLUX_UNITS, FLUX_VARIANCE_UNITS
 from kspec_xr.io._fits import _same_unit, _squared_units, unit_scale
 from kspec_xr.qc import check_plot_path, plot_calibration
-from kspec_xr.testing import make_exposure
 
 FLUX = u.erg / (u.s * u.cm**2 * u.AA)
 FITSVERIFY = shutil.which("fitsverify")
 
 
 @pytest.fixture(scope="module")
-def sim(tmp_path_factory):
-    return make_exposure(
-        1, n_fiber=24, n_standard=6, n_pixel=1500, directory=tmp_path_factory.mktemp("sim")
-    )
+def sim(small_exposure):
+    return small_exposure
 
 
 @pytest.fixture(scope="module")

@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 import xarray as xr
 from astropy.io import fits
+from conftest import flip_byte, write_small_standin
 
 import kspec_xr as kx
 from kspec_xr._base import schema
@@ -34,7 +35,7 @@ from kspec_xr.templates import bosz, prepare_templates
 from kspec_xr.templates import prepared as prepared_module
 from kspec_xr.templates.prepared import STAMPS_FILE, PreparedTemplates
 from kspec_xr.templates.standin import write_standin_grid
-from kspec_xr.testing import make_exposure, raise_if_dask_computes
+from kspec_xr.testing import raise_if_dask_computes
 
 WAVE = np.linspace(5000.0, 6500.0, 700)
 FWHM = 3.0
@@ -43,10 +44,7 @@ SMALL = {"teff": (5750, 6000), "logg": (4.0, 4.5), "mh": (0.0,)}
 
 @pytest.fixture(scope="module")
 def small_grid(tmp_path_factory):
-    root = write_standin_grid(
-        tmp_path_factory.mktemp("bosz_speed"), **SMALL, wave_range=(3600, 7500)
-    )
-    return kx.open_bosz(root)
+    return kx.open_bosz(write_small_standin(tmp_path_factory, **SMALL))
 
 
 @pytest.fixture(scope="module")
@@ -55,10 +53,8 @@ def truth(small_grid):
 
 
 @pytest.fixture(autouse=True)
-def fresh_memory():
-    prepared_module._MEMORY._entries.clear()
-    yield
-    prepared_module._MEMORY._entries.clear()
+def fresh_memory(fresh_prepared_memory):
+    """Each test starts as a new process would: nothing prepared in memory."""
 
 
 @pytest.fixture
@@ -79,14 +75,6 @@ def assert_same_grid(got: PreparedTemplates, want: PreparedTemplates) -> None:
     for name in prepared_module._ARRAYS:
         np.testing.assert_array_equal(np.asarray(got._arrays[name]), want._arrays[name], name)
     assert got.bands == want.bands
-
-
-def flip_byte(path: Path, offset_from_end: int = 1) -> None:
-    with open(path, "r+b") as fh:
-        fh.seek(-offset_from_end, os.SEEK_END)
-        byte = fh.read(1)
-        fh.seek(-offset_from_end, os.SEEK_END)
-        fh.write(bytes([byte[0] ^ 0x10]))
 
 
 def stamped_entry(small_grid, folder: Path, monkeypatch) -> Path:
@@ -299,10 +287,8 @@ def with_status_reference(ds, status):
 
 
 @pytest.fixture(scope="module")
-def sim(tmp_path_factory):
-    return make_exposure(
-        1, n_fiber=24, n_standard=6, n_pixel=1500, directory=tmp_path_factory.mktemp("sim")
-    )
+def sim(small_exposure):
+    return small_exposure
 
 
 @pytest.fixture(scope="module")

@@ -988,12 +988,12 @@ def _direct_table(specs: list[_ColumnSpec], nrows: int) -> tuple[fits.Header, by
             return None
         cells.append(stored)
     rows = np.concatenate(cells, axis=1) if cells else np.zeros((nrows, 0), np.uint8)
-    cards = [list(card) for card in _TABLE_CARDS]
-    cards[3][1], cards[4][1], cards[7][1] = rows.shape[1], nrows, len(specs)
+    sizes = {"NAXIS1": rows.shape[1], "NAXIS2": nrows, "TFIELDS": len(specs)}
+    cards: list[tuple] = [(key, sizes.get(key, value), note) for key, value, note in _TABLE_CARDS]
     for n, spec in enumerate(specs, start=1):
-        cards.append([f"TTYPE{n}", spec.name, None])
-        cards.append([f"TFORM{n}", spec.tform, None])
         for key, value in (
+            ("TTYPE", spec.name),
+            ("TFORM", spec.tform),
             ("TUNIT", spec.unit),
             ("TNULL", spec.null),
             ("TZERO", spec.tzero),
@@ -1001,8 +1001,8 @@ def _direct_table(specs: list[_ColumnSpec], nrows: int) -> tuple[fits.Header, by
             ("TDIM", spec.dim),
         ):
             if value is not None and value != "":
-                cards.append([f"{key}{n}", value, None])
-    header = fits.Header([tuple(card) if card[2] else tuple(card[:2]) for card in cards])
+                cards.append((f"{key}{n}", value))
+    header = fits.Header(cards)
     payload = rows.tobytes()
     return header, payload + b"\0" * (-len(payload) % BLOCK)
 
